@@ -1,0 +1,32 @@
+# Every target sets up its own virtual environment: `make test` on a fresh clone just works.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+export AWS_EC2_METADATA_DISABLED := true
+
+.PHONY: test lint migrate serve clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+test: $(INSTALLED)
+	$(BIN)/pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy
+
+migrate: $(INSTALLED)
+	$(BIN)/attachments-gateway migrate
+
+serve: $(INSTALLED)
+	$(BIN)/attachments-gateway serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

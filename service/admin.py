@@ -1,0 +1,105 @@
+"""Operator actions on workspaces, keys and attachments (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from .tokens import digest, display_prefix, generate_token
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    id: uuid.UUID
+    token: str
+    prefix: str
+    scope: str
+    expires_at: datetime | None
+
+
+async def create_workspace(
+    conn: asyncpg.Connection, name: str, *, api_access: bool = True
+) -> uuid.UUID:
+    workspace_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO workspaces (name, api_access) VALUES ($1, $2) RETURNING id", name, api_access
+    )
+    return workspace_id
+
+
+async def set_api_access(conn: asyncpg.Connection, workspace_id: uuid.UUID, on: bool) -> bool:
+    """Whether the workspace existed."""
+    status = await conn.execute(
+        "UPDATE workspaces SET api_access = $2 WHERE id = $1", workspace_id, on
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def create_key(
+    conn: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    *,
+    scope: str = "read",
+    name: str = "",
+    expires_at: datetime | None = None,
+) -> NewKey:
+    """A new key; its token exists only in the returned value."""
+    token = generate_token()
+    key_id: uuid.UUID = await conn.fetchval(
+        """
+        INSERT INTO api_keys (workspace_id, name, display_prefix, token_digest, scope, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+        """,
+        workspace_id,
+        name,
+        display_prefix(token),
+        digest(token),
+        scope,
+        expires_at,
+    )
+    return NewKey(key_id, token, display_prefix(token), scope, expires_at)
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> bool:
+    """Whether a live key was revoked (revoking twice keeps the first time)."""
+    status = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def register_attachment(
+    conn: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    *,
+    bucket: str,
+    object_key: str,
+    filename: str,
+    content_type: str = "application/octet-stream",
+    size_bytes: int | None = None,
+) -> uuid.UUID:
+    attachment_id: uuid.UUID = await conn.fetchval(
+        """
+        INSERT INTO attachments (workspace_id, bucket, object_key, filename, content_type,
+                                 size_bytes)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+        """,
+        workspace_id,
+        bucket,
+        object_key,
+        filename,
+        content_type,
+        size_bytes,
+    )
+    return attachment_id
+
+
+async def delete_attachment(conn: asyncpg.Connection, attachment_id: uuid.UUID) -> bool:
+    """Soft delete; whether a live attachment was deleted."""
+    status = await conn.execute(
+        "UPDATE attachments SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL",
+        attachment_id,
+    )
+    return bool(status == "UPDATE 1")

@@ -1,0 +1,95 @@
+"""The connection pool and the request-path queries.
+
+Every request-path query goes through `Database.fetchrow`, which bounds both the
+wait for a connection and the query itself, and turns "the database is not there
+right now" into a 503 instead of a hang or a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from .keys import DATABASE, SETTINGS
+from .problems import Problem
+
+log = logging.getLogger(__name__)
+
+# Failures that mean "unavailable" rather than "our bug": connection refused or
+# lost, timeouts, the server shutting down or out of connections.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.InsufficientResourcesError,  # class 53, e.g. too many connections
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now, query canceled
+)
+
+KEY_BY_DIGEST = """
+    SELECT k.id, k.workspace_id, k.scope, k.display_prefix, w.api_access
+    FROM api_keys k
+    JOIN workspaces w ON w.id = k.workspace_id
+    WHERE k.token_digest = $1
+      AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > now())
+"""
+
+LIVE_ATTACHMENT_OF_WORKSPACE = """
+    SELECT bucket, object_key, filename, content_type
+    FROM attachments
+    WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    pool: asyncpg.Pool
+    acquire_timeout: float
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        try:
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                return await conn.fetchrow(query, *args)
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise Problem("service_unavailable") from exc
+
+
+async def find_key(db: Database, token_digest: bytes) -> asyncpg.Record | None:
+    """The live (not revoked, not expired) key with this digest, with its workspace's flag."""
+    return await db.fetchrow(KEY_BY_DIGEST, token_digest)
+
+
+async def find_attachment(
+    db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID
+) -> asyncpg.Record | None:
+    """The attachment if it exists, is not deleted and belongs to this workspace."""
+    return await db.fetchrow(LIVE_ATTACHMENT_OF_WORKSPACE, attachment_id, workspace_id)
+
+
+async def database_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # min_size=0 by default, so the service starts (and answers 401/404/503) even
+    # while the database is down; connections are made on first use and kept.
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_statement_timeout,
+    )
+    app[DATABASE] = Database(pool, settings.db_acquire_timeout)
+    yield
+    try:
+        await asyncio.wait_for(pool.close(), timeout=settings.shutdown_grace_seconds)
+    except TimeoutError:
+        log.warning("database pool did not close in time; terminating it")
+        pool.terminate()

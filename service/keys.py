@@ -1,0 +1,22 @@
+"""Every typed key the app and its requests carry, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .auth import Principal
+    from .db import Database
+    from .settings import Settings
+    from .storage import Storage
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+DATABASE: web.AppKey[Database] = web.AppKey("database")
+STORAGE: web.AppKey[Storage] = web.AppKey("storage")
+# Paths answered without an API key; every other path needs one (deny by default).
+PUBLIC_PATHS = web.AppKey[frozenset[str]]("public_paths")
+
+REQUEST_ID = web.RequestKey[str]("request_id")
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

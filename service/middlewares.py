@@ -1,0 +1,58 @@
+"""The outermost middleware: request ids, problem rendering, headers on every answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+
+from aiohttp import web
+
+from .auth import Handler
+from .keys import REQUEST_ID
+from .problems import Problem, problem_for_http_exception, render
+
+log = logging.getLogger(__name__)
+
+# An incoming X-Request-ID is kept only if it is short and plain; anything else
+# could forge log lines or carry a secret, so it is replaced, never echoed.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# Sent on every response: nothing here may be cached (404s are heuristically
+# cacheable, and a redirect holds a credential), leak the URL through Referer,
+# or be content-sniffed.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def request_id_of(request: web.Request) -> str:
+    incoming = request.headers.get("X-Request-ID", "")
+    if _SANE_REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request[REQUEST_ID] = request_id_of(request)
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        response = render(problem, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            response = exc
+        else:
+            response = render(problem_for_http_exception(exc), request_id)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = render(Problem("internal_error"), request_id)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["X-Request-ID"] = request_id
+    return response

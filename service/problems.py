@@ -1,0 +1,106 @@
+"""Problem codes and how each one is rendered: the only place errors become HTTP.
+
+The `error`, `message` and `code` members are the public contract of the product's
+reference text and never change; `problem` tells callers which rule they hit.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+REALM = 'Bearer realm="api"'
+CHALLENGE_INVALID_REQUEST = REALM + ', error="invalid_request"'
+CHALLENGE_INVALID_TOKEN = REALM + ', error="invalid_token"'
+CHALLENGE_INSUFFICIENT_SCOPE = REALM + ', error="insufficient_scope", scope="write"'
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    status: int
+    error: str
+    message: str
+
+
+_UNAVAILABLE = ProblemType(
+    503, "Service Unavailable", "The service is temporarily unavailable. Please try again later"
+)
+_FORBIDDEN = ProblemType(403, "Forbidden", "You don't have permission to access this resource")
+
+PROBLEM_TYPES: Mapping[str, ProblemType] = {
+    "bad_request": ProblemType(400, "Bad Request", "The request could not be understood"),
+    "unauthorized": ProblemType(
+        401, "Unauthorized", "Authentication required. Please provide a valid API token"
+    ),
+    "forbidden": _FORBIDDEN,
+    "insufficient_scope": _FORBIDDEN,
+    "not_found": ProblemType(404, "Not Found", "The requested resource was not found"),
+    "method_not_allowed": ProblemType(
+        405, "Method Not Allowed", "The request method is not allowed for this resource"
+    ),
+    "payload_too_large": ProblemType(413, "Payload Too Large", "The request body is too large"),
+    "internal_error": ProblemType(
+        500, "Internal Server Error", "An unexpected error occurred. Please try again later"
+    ),
+    "storage_not_configured": _UNAVAILABLE,
+    "service_unavailable": _UNAVAILABLE,
+}
+
+# Statuses aiohttp itself may raise (routing, body limits) and the problem each maps to.
+_PROBLEM_FOR_STATUS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+class Problem(Exception):
+    """A failure with a problem code; the error middleware renders it."""
+
+    def __init__(self, code: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.type = PROBLEM_TYPES[code]
+        self.headers = dict(headers or {})
+        if self.type.status == 503 and "Retry-After" not in self.headers:
+            self.headers["Retry-After"] = str(retry_after())
+
+
+def unauthorized(challenge: str = REALM) -> Problem:
+    return Problem("unauthorized", {"WWW-Authenticate": challenge})
+
+
+def retry_after(base: int = 5) -> int:
+    """Seconds to wait, with jitter so that clients refused together do not return together."""
+    return base + random.randint(0, base)  # noqa: S311 - jitter, not a secret
+
+
+def problem_for_http_exception(exc: web.HTTPException) -> Problem:
+    code = _PROBLEM_FOR_STATUS.get(exc.status)
+    if code is None:
+        code = "bad_request" if 400 <= exc.status < 500 else "internal_error"
+    headers = {}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    return Problem(code, headers)
+
+
+def render(problem: Problem, request_id: str) -> web.Response:
+    body = {
+        "error": problem.type.error,
+        "message": problem.type.message,
+        "code": problem.type.status,
+        "problem": problem.code,
+        "request_id": request_id,
+    }
+    return web.Response(
+        status=problem.type.status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers=problem.headers,
+    )

@@ -1,0 +1,87 @@
+"""Settings: one frozen dataclass, read from the environment and validated once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# SigV4 refuses an X-Amz-Expires outside 1..604800 (seven days).
+MAX_PRESIGN_EXPIRES_SECONDS = 604_800
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db_pool_min_size: int = 0
+    db_pool_max_size: int = 10
+    db_connect_timeout: float = 2.0
+    db_acquire_timeout: float = 2.0
+    db_statement_timeout: float = 2.0
+
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "path"
+    s3_default_bucket: str = "attachments"
+
+    presign_expires_seconds: int = 900
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
+            raise SettingsError(f"PRESIGN_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}")
+        if self.s3_addressing_style not in ("path", "virtual"):
+            raise SettingsError("S3_ADDRESSING_STYLE must be 'path' or 'virtual'")
+        if self.db_pool_max_size < 1 or self.db_pool_min_size < 0:
+            raise SettingsError("DB_POOL_MAX_SIZE must be >= 1 and DB_POOL_MIN_SIZE >= 0")
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise SettingsError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be > 0")
+
+    @property
+    def signing_endpoint_url(self) -> str | None:
+        """The S3 address put into URLs handed to clients."""
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `environ` (default: os.environ); an empty value means unset."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(field.name.upper(), "").strip()
+            if not raw:
+                continue
+            values[field.name] = _convert(field.name, field.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()} must be a number, got {raw!r}") from None
+    return raw

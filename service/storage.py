@@ -1,0 +1,107 @@
+"""Object storage: one aiobotocore S3 client for the app's life, used to presign.
+
+The client is built for the *public* endpoint (`S3_PUBLIC_ENDPOINT_URL`), because
+the host is part of what SigV4 signs: a URL signed for an internal name cannot be
+rewritten for clients afterwards. Presigning needs no network round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from aiohttp import web
+from botocore.exceptions import BotoCoreError
+
+from .disposition import content_disposition, safe_content_type
+from .keys import SETTINGS, STORAGE
+from .problems import Problem
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The S3 operation whose signature each HTTP method needs: S3 checks the method,
+# so a GET-signed URL answers 403 to HEAD.
+OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUrl:
+    url: str
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class Storage:
+    """The signing client, or the reason there is none (then every presign is a 503)."""
+
+    client: Any | None
+    unavailable_reason: str | None
+    expires_seconds: int
+
+    async def presign(
+        self, method: str, bucket: str, key: str, filename: str, content_type: str
+    ) -> PresignedUrl:
+        if self.client is None:
+            raise Problem("storage_not_configured")
+        params = {
+            "Bucket": bucket,
+            "Key": key,
+            "ResponseContentDisposition": content_disposition(filename),
+            "ResponseContentType": safe_content_type(content_type),
+        }
+        try:
+            url: str = await self.client.generate_presigned_url(
+                OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=self.expires_seconds
+            )
+        except BotoCoreError as exc:
+            # e.g. credentials that could not be refreshed; the text stays in our log.
+            log.warning("presigning failed: %s", type(exc).__name__)
+            raise Problem("service_unavailable") from exc
+        return PresignedUrl(url, signed_at(url) + timedelta(seconds=self.expires_seconds))
+
+
+def signed_at(url: str) -> datetime:
+    """The X-Amz-Date a SigV4 query signature carries: the start of its validity."""
+    (amz_date,) = parse_qs(urlsplit(url).query)["X-Amz-Date"]
+    return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> Storage:
+    """A Storage whose client lives as long as `stack`; no client if S3 is not configured."""
+    session = get_session()
+    region = settings.s3_region or session.get_config_variable("region")
+    endpoint = settings.signing_endpoint_url
+    if not endpoint and not region:
+        return Storage(
+            None, "no S3 endpoint or region configured", settings.presign_expires_seconds
+        )
+    credentials = await session.get_credentials()
+    if credentials is None:
+        return Storage(None, "no S3 credentials found", settings.presign_expires_seconds)
+    config = AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": settings.s3_addressing_style},
+    )
+    client = await stack.enter_async_context(
+        session.create_client(
+            "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
+        )
+    )
+    return Storage(client, None, settings.presign_expires_seconds)
+
+
+async def storage_context(app: web.Application) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as stack:
+        storage = await open_storage(app[SETTINGS], stack)
+        if storage.unavailable_reason:
+            log.warning("object storage not configured: %s", storage.unavailable_reason)
+        app[STORAGE] = storage
+        yield

@@ -1,0 +1,182 @@
+"""Fixtures on real parts: Postgres (embedded, or TEST_DATABASE_URL) and SeaweedFS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+# Nothing in the tests may reach the cloud instance-metadata address, nor read a
+# developer's AWS files; credentials come from the environment, like the chain says.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"):
+    os.environ.pop(_name, None)
+
+import asyncpg  # noqa: E402
+import pytest  # noqa: E402
+from aiohttp.test_utils import TestClient  # noqa: E402
+
+from service.admin import create_key, create_workspace, register_attachment  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.migrate import apply_migrations  # noqa: E402
+from service.settings import DEFAULT_MIGRATIONS_DIR, Settings  # noqa: E402
+from tests.servers import BUCKET, SeaweedS3, run_seaweedfs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN for a server we may create databases on."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def _create_database(server_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(server_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def fresh_database(postgres_server: str) -> Iterator[object]:
+    """A factory of empty databases on the test server, all dropped at the end."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = "gw_test_" + secrets.token_hex(4)
+        asyncio.run(_create_database(postgres_server, name))
+        created.append(name)
+        return _with_database(postgres_server, name)
+
+    yield make
+    for name in created:
+        asyncio.run(_drop_database(postgres_server, name))
+
+
+@pytest.fixture(scope="session")
+def database_url(fresh_database: object) -> str:
+    """The migrated database the suite shares; each test makes its own tenants."""
+    dsn = fresh_database()  # type: ignore[operator]
+    asyncio.run(apply_migrations(dsn, DEFAULT_MIGRATIONS_DIR))
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweed")) as s3:
+        yield s3
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch, seaweed: SeaweedS3) -> SeaweedS3:
+    """The standard AWS chain (environment variables) holds SeaweedFS's identity."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return seaweed
+
+
+@pytest.fixture
+def settings(database_url: str, s3_credentials: SeaweedS3) -> Settings:
+    return Settings(
+        database_url=database_url,
+        s3_endpoint_url=s3_credentials.endpoint_url,
+        s3_region=s3_credentials.region,
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client: object, settings: Settings) -> TestClient:
+    return await aiohttp_client(create_app(settings))  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+@dataclass
+class Tenant:
+    workspace_id: uuid.UUID
+    read_token: str
+    write_token: str
+    read_key_id: uuid.UUID
+
+    def auth(self, scope: str = "read") -> dict[str, str]:
+        token = self.read_token if scope == "read" else self.write_token
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def make_tenant(conn: asyncpg.Connection) -> object:
+    async def make(api_access: bool = True) -> Tenant:
+        workspace_id = await create_workspace(conn, "tenant", api_access=api_access)
+        read = await create_key(conn, workspace_id, scope="read")
+        write = await create_key(conn, workspace_id, scope="write")
+        return Tenant(workspace_id, read.token, write.token, read.id)
+
+    return make
+
+
+@pytest.fixture
+def make_attachment(conn: asyncpg.Connection, seaweed: SeaweedS3) -> object:
+    """Upload bytes to SeaweedFS and register them as an attachment of a workspace."""
+    s3 = seaweed.client()
+
+    async def make(
+        workspace_id: uuid.UUID,
+        body: bytes = b"hello attachment\n",
+        filename: str = "report.txt",
+        content_type: str = "text/plain",
+        key: str | None = None,
+    ) -> uuid.UUID:
+        object_key = key or f"objects/{uuid.uuid4()}"
+        await asyncio.to_thread(s3.put_object, Bucket=BUCKET, Key=object_key, Body=body)  # type: ignore[attr-defined]
+        return await register_attachment(
+            conn,
+            workspace_id,
+            bucket=BUCKET,
+            object_key=object_key,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=len(body),
+        )
+
+    return make
+
+
+@pytest.fixture
+def migrations_dir() -> Path:
+    return DEFAULT_MIGRATIONS_DIR
