@@ -8,6 +8,7 @@ from .auth import auth_middleware
 from .db import database_context
 from .handlers import download
 from .keys import PUBLIC_PATHS, SETTINGS
+from .logs import redact_parser_errors
 from .middlewares import error_middleware
 from .settings import Settings
 from .storage import storage_context
@@ -16,6 +17,7 @@ from .storage import storage_context
 def create_app(settings: Settings) -> web.Application:
     # Order matters: the error middleware is outermost so that every failure,
     # authentication's included, is rendered as a problem with the same headers.
+    redact_parser_errors()
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[PUBLIC_PATHS] = frozenset()

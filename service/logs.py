@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .keys import PRINCIPAL, REQUEST_ID
 
@@ -50,6 +51,36 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # botocore logs canonical requests and signatures at DEBUG: never let them through.
+    for name in ("botocore", "aiobotocore"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    redact_parser_errors()
+
+
+class ParserErrorRedaction(logging.Filter):
+    """Strip the request bytes from aiohttp's parser errors before they are logged.
+
+    When llhttp refuses a request (a NUL in a header, say) aiohttp logs the offending
+    line at ERROR with a traceback: that line may be an Authorization header.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused an unparseable HTTP request (%s)"
+            record.args = (type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_PARSER_ERROR_REDACTION = ParserErrorRedaction()
+
+
+def redact_parser_errors() -> None:
+    """Install the redaction on aiohttp's server logger (idempotent)."""
+    logging.getLogger("aiohttp.server").addFilter(_PARSER_ERROR_REDACTION)
 
 
 class AccessLogger(AbstractAccessLogger):

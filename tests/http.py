@@ -1,0 +1,49 @@
+"""Helpers that talk HTTP to the test server, including bytes no client library would send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROBLEM_KEYS = ["error", "message", "code", "problem", "request_id"]
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def raw_request(host: str, port: int, request: bytes) -> RawResponse:
+    """Send `request` verbatim on a fresh connection and read the whole answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(status_line.split()[1]), headers, body)
+
+
+def raw_get(path: str, *header_lines: bytes) -> bytes:
+    lines = [b"GET " + path.encode() + b" HTTP/1.1", b"Host: test", b"Connection: close"]
+    return b"\r\n".join([*lines, *header_lines, b"", b""])
+
+
+def assert_problem(status: int, body: bytes, problem: str) -> dict[str, Any]:
+    """The body is the contract's JSON problem, with `code` equal to the HTTP status."""
+    payload = json.loads(body)
+    assert list(payload) == PROBLEM_KEYS
+    assert payload["code"] == status
+    assert payload["problem"] == problem
+    return payload  # type: ignore[no-any-return]

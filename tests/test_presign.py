@@ -1,0 +1,235 @@
+"""The 307 itself: byte-exact Location, method-bound signatures, filenames, expiry,
+checked against SeaweedFS, which verifies SigV4 like S3 does."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import boto3
+import botocore.auth
+import pytest
+from botocore.config import Config
+from yarl import URL
+
+from service.app import create_app
+from service.disposition import content_disposition
+from service.settings import Settings
+from service.storage import signed_at
+from tests.servers import BUCKET
+
+HOSTILE_FILENAMES = [
+    'quote".txt',
+    "back\\slash.txt",
+    "crlf\r\nSet-Cookie: x=1.txt",
+    "percent%41.txt",
+    "emoji 😀 report.pdf",
+    "right-to-left \u202egnp.exe",
+    "semi;colon,comma (1).txt",
+    "naïve café.txt",
+    "x" * 296 + ".txt",
+    "日本語のファイル名.docx",
+    "tab\tand\x01ctl\x7f.txt",  # Postgres text cannot hold NUL at all
+]
+
+
+async def fetch(location: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, URL(location, encoded=True)) as response:
+            return response.status, await response.read(), dict(response.headers)
+
+
+async def redirect(client, attachment_id, token, method="GET") -> str:
+    response = await client.request(
+        method,
+        f"/api/v1/attachments/{attachment_id}/download",
+        headers={"Authorization": f"Bearer {token}"},
+        allow_redirects=False,
+    )
+    assert response.status == 307
+    return response.headers["Location"]
+
+
+def botocore_presign(settings: Settings, location: str, operation: str, params: dict) -> str:
+    """What botocore itself signs for the same inputs at the same second."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.signing_endpoint_url,
+        region_name=settings.s3_region,
+        config=Config(
+            signature_version="s3v4", s3={"addressing_style": settings.s3_addressing_style}
+        ),
+    )
+    at = signed_at(location).replace(tzinfo=None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.auth, "get_current_datetime", lambda: at)
+        return client.generate_presigned_url(
+            operation, Params=params, ExpiresIn=settings.presign_expires_seconds
+        )
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_location_is_byte_for_byte_what_botocore_signs(
+    client, settings, make_tenant, make_attachment, method
+):
+    tenant = await make_tenant()
+    filename = 'Ünïcødé report ; "quoted" 100%.pdf'
+    key = "dir/with space/plus+tilde~/é.pdf"
+    attachment_id = await make_attachment(
+        tenant.workspace_id, filename=filename, content_type="application/pdf", key=key
+    )
+    location = await redirect(client, attachment_id, tenant.read_token, method)
+    expected = botocore_presign(
+        settings,
+        location,
+        "get_object" if method == "GET" else "head_object",
+        {
+            "Bucket": BUCKET,
+            "Key": key,
+            "ResponseContentDisposition": content_disposition(filename),
+            "ResponseContentType": "application/pdf",
+        },
+    )
+    assert location == expected
+
+
+async def test_head_gets_a_head_signed_url_that_storage_accepts(
+    client, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    body = b"head me" * 100
+    attachment_id = await make_attachment(tenant.workspace_id, body=body)
+    head_location = await redirect(client, attachment_id, tenant.read_token, "HEAD")
+    status, _, headers = await fetch(head_location, "HEAD")
+    assert status == 200
+    assert headers["Content-Length"] == str(len(body))
+    # The GET-signed URL is refused for HEAD, which is why HEAD is signed separately.
+    get_location = await redirect(client, attachment_id, tenant.read_token, "GET")
+    assert (await fetch(get_location, "HEAD"))[0] == 403
+    assert (await fetch(head_location, "GET"))[0] == 403
+
+
+async def test_storage_refuses_tampered_urls(client, make_tenant, make_attachment):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    other_id = await make_attachment(tenant.workspace_id, body=b"other")
+    location = await redirect(client, attachment_id, tenant.read_token)
+    assert (await fetch(location))[0] == 200
+
+    signature = parse_qs(urlsplit(location).query)["X-Amz-Signature"][0]
+    flipped = signature[:-1] + ("0" if signature[-1] != "0" else "1")
+    other_location = await redirect(client, other_id, tenant.read_token)
+    other_key = urlsplit(other_location).path
+    tampered = {
+        "signature": location.replace(signature, flipped),
+        "expiry": location.replace("X-Amz-Expires=900", "X-Amz-Expires=901"),
+        "disposition": location.replace("attachment%3B", "inline%3B"),
+        "object": location.replace(urlsplit(location).path, other_key),
+    }
+    for what, url in tampered.items():
+        assert url != location, what
+        assert (await fetch(url))[0] == 403, what
+
+
+async def test_storage_refuses_urls_signed_with_the_wrong_secret(
+    aiohttp_client, settings, monkeypatch, make_tenant, make_attachment
+):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-seaweedfs-knows")
+    client = await aiohttp_client(create_app(settings))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    location = await redirect(client, attachment_id, tenant.read_token)
+    assert (await fetch(location))[0] == 403
+
+
+async def test_urls_expire_after_the_configured_lifetime(
+    aiohttp_client, settings, make_tenant, make_attachment
+):
+    short = replace(settings, presign_expires_seconds=1)
+    client = await aiohttp_client(create_app(short))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    location = await redirect(client, attachment_id, tenant.read_token)
+    assert parse_qs(urlsplit(location).query)["X-Amz-Expires"] == ["1"]
+    await asyncio.sleep(2.2)
+    status, body, _ = await fetch(location)
+    assert status == 403
+    assert b"expired" in body.lower()
+
+
+async def test_expires_at_in_the_body_is_the_signatures_true_end(
+    client, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    response = await client.get(
+        f"/api/v1/attachments/{attachment_id}/download",
+        headers=tenant.auth(),
+        allow_redirects=False,
+    )
+    payload = await response.json()
+    location = response.headers["Location"]
+    expected = signed_at(location).timestamp() + 900
+    from datetime import datetime
+
+    assert datetime.fromisoformat(payload["expires_at"]).timestamp() == expected
+    assert payload["expires_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("filename", HOSTILE_FILENAMES)
+async def test_hostile_filenames_download_with_a_safe_disposition(
+    client, make_tenant, make_attachment, filename
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, body=b"payload", filename=filename)
+    location = await redirect(client, attachment_id, tenant.read_token)
+    assert "\r" not in location and "\n" not in location
+    status, body, headers = await fetch(location)
+    assert status == 200
+    assert body == b"payload"
+    disposition = headers["Content-Disposition"]
+    assert disposition == content_disposition(filename)
+    assert disposition.isascii()
+    fallback = disposition.split('filename="', 1)[1].split('"; filename*=', 1)[0]
+    for forbidden in ('"', "\\", "%", "\r", "\n", "\x00", "\u202e"):
+        assert forbidden not in fallback
+    assert "Set-Cookie" not in headers
+
+
+async def test_public_endpoint_is_signed_into_urls(
+    aiohttp_client, settings, make_tenant, make_attachment
+):
+    public = replace(settings, s3_public_endpoint_url="https://files.example.test:8443")
+    client = await aiohttp_client(create_app(public))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, key="k/" + str(uuid.uuid4()))
+    location = await redirect(client, attachment_id, tenant.read_token)
+    assert location.startswith(f"https://files.example.test:8443/{BUCKET}/k/")
+
+
+async def test_virtual_addressing_puts_the_bucket_in_the_host(
+    aiohttp_client, settings, make_tenant, make_attachment
+):
+    virtual = replace(
+        settings, s3_public_endpoint_url="https://s3.example.test", s3_addressing_style="virtual"
+    )
+    client = await aiohttp_client(create_app(virtual))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, key="v/obj.txt", filename="a.txt")
+    location = await redirect(client, attachment_id, tenant.read_token)
+    assert location.startswith(f"https://{BUCKET}.s3.example.test/v/obj.txt?")
+    expected = botocore_presign(
+        virtual,
+        location,
+        "get_object",
+        {
+            "Bucket": BUCKET,
+            "Key": "v/obj.txt",
+            "ResponseContentDisposition": content_disposition("a.txt"),
+            "ResponseContentType": "text/plain",
+        },
+    )
+    assert location == expected
