@@ -31,7 +31,6 @@ class Settings:
     s3_public_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_addressing_style: str = "path"
-    s3_default_bucket: str = "attachments"
 
     presign_expires_seconds: int = 900
 

@@ -1,0 +1,81 @@
+"""RFC 6266 / 8187 Content-Disposition values and media types."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.disposition import content_disposition, safe_content_type
+
+SHAPE = re.compile(
+    r"^attachment; filename=\"([ !#-$&-\[\]-~]*)\"; filename\*=UTF-8''([A-Za-z0-9!#$&+\-.^_`|~%]+)$"
+)
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("report.pdf", "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"),
+        (
+            "€ rates.pdf",
+            "attachment; filename=\"_ rates.pdf\"; filename*=UTF-8''%E2%82%AC%20rates.pdf",
+        ),
+        ("naïve.txt", "attachment; filename=\"naive.txt\"; filename*=UTF-8''na%C3%AFve.txt"),
+        (
+            'a"b\\c%41.txt',
+            "attachment; filename=\"a_b_c_41.txt\"; filename*=UTF-8''a%22b_c%2541.txt",
+        ),
+        ("x\r\ny.txt", "attachment; filename=\"xy.txt\"; filename*=UTF-8''xy.txt"),
+        ("\u202egnp.exe", "attachment; filename=\"gnp.exe\"; filename*=UTF-8''gnp.exe"),
+        ("dir/evil.sh", "attachment; filename=\"dir_evil.sh\"; filename*=UTF-8''dir_evil.sh"),
+        (
+            "it's (1),*.txt",
+            "attachment; filename=\"it's (1),*.txt\"; filename*=UTF-8''it%27s%20%281%29%2C%2A.txt",
+        ),
+        ("\r\n", "attachment; filename=\"download\"; filename*=UTF-8''download"),
+        ("...", "attachment; filename=\"download\"; filename*=UTF-8''download"),
+        ("😀", "attachment; filename=\"_\"; filename*=UTF-8''%F0%9F%98%80"),
+    ],
+)
+def test_known_filenames(filename, expected):
+    assert content_disposition(filename) == expected
+
+
+def test_long_names_are_cut_to_255_bytes_keeping_the_extension():
+    value = content_disposition("é" * 300 + ".pdf")
+    encoded = SHAPE.match(value).group(2)
+    name = unquote(encoded)
+    assert name.endswith(".pdf")
+    assert len(name.encode()) <= 255
+
+
+@given(st.text(min_size=0, max_size=400))
+def test_any_filename_gives_a_well_formed_ascii_header(filename):
+    value = content_disposition(filename)
+    assert value.isascii()
+    match = SHAPE.match(value)
+    assert match, value
+    fallback, encoded = match.groups()
+    assert fallback and not set(fallback) & set('"\\%\r\n')
+    assert len(unquote(encoded).encode()) <= 255
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("text/plain", "text/plain"),
+        ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+        ('multipart/mixed; boundary="a b"', 'multipart/mixed; boundary="a b"'),
+        ("text/html\r\nX-Evil: 1", "application/octet-stream"),
+        ("nonsense", "application/octet-stream"),
+        ("", "application/octet-stream"),
+        (None, "application/octet-stream"),
+        ("image/" + "x" * 300, "application/octet-stream"),
+    ],
+)
+def test_content_types(value, expected):
+    assert safe_content_type(value) == expected
