@@ -79,13 +79,16 @@ async def register_attachment(
     filename: str,
     content_type: str = "application/octet-stream",
     size_bytes: int | None = None,
+    attachment_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    attachment_id: uuid.UUID = await conn.fetchval(
+    """Register an object as an attachment; `attachment_id` lets an upload name its key first."""
+    registered: uuid.UUID = await conn.fetchval(
         """
-        INSERT INTO attachments (workspace_id, bucket, object_key, filename, content_type,
+        INSERT INTO attachments (id, workspace_id, bucket, object_key, filename, content_type,
                                  size_bytes)
-        VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+        VALUES (coalesce($1, gen_random_uuid()), $2, $3, $4, $5, $6, $7) RETURNING id
         """,
+        attachment_id,
         workspace_id,
         bucket,
         object_key,
@@ -93,7 +96,7 @@ async def register_attachment(
         content_type,
         size_bytes,
     )
-    return attachment_id
+    return registered
 
 
 async def delete_attachment(conn: asyncpg.Connection, attachment_id: uuid.UUID) -> bool:
@@ -103,3 +106,56 @@ async def delete_attachment(conn: asyncpg.Connection, attachment_id: uuid.UUID) 
         attachment_id,
     )
     return bool(status == "UPDATE 1")
+
+
+async def list_workspaces(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT id, name, api_access, created_at FROM workspaces ORDER BY created_at, id"
+        )
+    )
+
+
+async def workspace_exists(conn: asyncpg.Connection, workspace_id: uuid.UUID) -> bool:
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1)", workspace_id)
+    )
+
+
+async def list_keys(conn: asyncpg.Connection, workspace_id: uuid.UUID) -> list[asyncpg.Record]:
+    """The workspace's keys, without anything secret (the digest stays in the database)."""
+    return list(
+        await conn.fetch(
+            """
+            SELECT id, name, display_prefix AS prefix, scope, created_at, expires_at,
+                   revoked_at, last_used_at
+            FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id
+            """,
+            workspace_id,
+        )
+    )
+
+
+async def key_is_live(conn: asyncpg.Connection, token: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT EXISTS (SELECT 1 FROM api_keys WHERE token_digest = $1 AND revoked_at IS NULL
+                           AND (expires_at IS NULL OR expires_at > now()))
+            """,
+            digest(token),
+        )
+    )
+
+
+async def live_attachment(
+    conn: asyncpg.Connection, attachment_id: uuid.UUID, workspace_id: uuid.UUID
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT id, bucket, object_key, filename, content_type, size_bytes FROM attachments
+        WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+        """,
+        attachment_id,
+        workspace_id,
+    )

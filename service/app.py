@@ -7,23 +7,45 @@ from aiohttp import web
 from .auth import auth_middleware
 from .db import database_context
 from .handlers import download
-from .keys import PUBLIC_PATHS, SETTINGS
-from .logs import redact_parser_errors
+from .health import healthz, openapi_handler, readyz
+from .keys import METRICS, PUBLIC_PATHS, SETTINGS
+from .logs import install_log_safety
+from .metrics import create_metrics, metrics_handler
 from .middlewares import error_middleware
 from .settings import Settings
 from .storage import storage_context
 
 
 def create_app(settings: Settings) -> web.Application:
+    install_log_safety()
     # Order matters: the error middleware is outermost so that every failure,
     # authentication's included, is rendered as a problem with the same headers.
-    redact_parser_errors()
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SETTINGS] = settings
-    app[PUBLIC_PATHS] = frozenset()
+    app[METRICS] = create_metrics(app)
     # One context per resource; each is closed only if it finished starting.
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(storage_context)
+
     # add_get also answers HEAD, presigned separately for head_object.
     app.router.add_get("/api/v1/attachments/{id}/download", download, name="download")
+    # Everything else needs an API key; these, and only these, are public.
+    public = {
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/api/v1/openapi.json": openapi_handler(),
+    }
+    if settings.metrics_port is None:
+        public["/metrics"] = metrics_handler
+    for path, handler in public.items():
+        app.router.add_get(path, handler)
+    app[PUBLIC_PATHS] = frozenset(public)
+    return app
+
+
+def create_metrics_app(main: web.Application) -> web.Application:
+    """`/metrics` alone, for METRICS_PORT: the same registry, served on its own port."""
+    app = web.Application()
+    app[METRICS] = main[METRICS]
+    app.router.add_get("/metrics", metrics_handler)
     return app

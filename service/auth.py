@@ -19,6 +19,7 @@ from .problems import (
     CHALLENGE_INSUFFICIENT_SCOPE,
     CHALLENGE_INVALID_REQUEST,
     CHALLENGE_INVALID_TOKEN,
+    REALM,
     Problem,
     unauthorized,
 )
@@ -46,17 +47,17 @@ def bearer_token(request: web.Request) -> str:
     """
     values = request.headers.getall("Authorization", [])
     if not values:
-        raise unauthorized()
+        raise unauthorized(REALM, "missing_credentials")
     if len(values) > 1:
-        raise unauthorized(CHALLENGE_INVALID_REQUEST)
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "malformed_header")
     scheme, _, credentials = values[0].strip(" \t").partition(" ")
     if not scheme:
-        raise unauthorized(CHALLENGE_INVALID_REQUEST)
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "malformed_header")
     if scheme.lower() != "bearer":
-        raise unauthorized()
+        raise unauthorized(REALM, "other_scheme")
     token = credentials.strip(" ")
     if not token or " " in token or "\t" in token:
-        raise unauthorized(CHALLENGE_INVALID_REQUEST)
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "malformed_header")
     return token
 
 
@@ -65,12 +66,12 @@ async def authenticate(request: web.Request) -> Principal:
     digest = parse_token(token)
     if digest is None:
         # Malformed: refused offline, with the same answer as an unknown key.
-        raise unauthorized(CHALLENGE_INVALID_TOKEN)
+        raise unauthorized(CHALLENGE_INVALID_TOKEN, "malformed_token")
     row = await find_key(request.app[DATABASE], digest)
     if row is None:
-        raise unauthorized(CHALLENGE_INVALID_TOKEN)
+        raise unauthorized(CHALLENGE_INVALID_TOKEN, "unknown_token")
     if not row["api_access"]:
-        raise Problem("forbidden")
+        raise Problem("forbidden", reason="no_api_access")
     return Principal(row["id"], row["workspace_id"], row["scope"], row["display_prefix"])
 
 

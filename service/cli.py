@@ -1,77 +1,124 @@
-"""`attachments-gateway`: parse, call one function, print."""
+"""`attachments-gateway`: parse, call one function, print (a human line, or JSON)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from aiohttp import web
-
-from .app import create_app
-from .logs import AccessLogger, configure_logging
-from .migrate import MigrationError, apply_migrations
+from . import commands
+from .migrate import MigrationError
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """Bad input from the operator: one line on stderr, exit 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit 2 (its default prints the usage too)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"attachments-gateway: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attachments-gateway", description="Presigned-redirect download gateway."
+    parser = Parser(prog="attachments-gateway", description="Presigned-redirect download gateway.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    sub.add_parser("migrate", help="apply pending database migrations")
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", help="address to bind (HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (PORT; default 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (WORKERS)")
+    dev = sub.add_parser("dev", help="run on an embedded Postgres and S3, with demo data")
+    dev.add_argument("--port", type=int, default=8080)
+    seed = sub.add_parser("seed", help="create (or reuse) the demo workspace, keys and file")
+    seed.add_argument("--state-file", default=".dev/demo.json")
+    seed.add_argument("--base-url", default="http://127.0.0.1:8080")
+    seed.add_argument("--json", action="store_true")
+    health = sub.add_parser("healthcheck", help="exit 0 if /healthz answers on this host")
+    health.add_argument("--url", help="default http://127.0.0.1:$PORT/healthz")
+
+    workspace = sub.add_parser("workspace", help="workspaces (tenants)").add_subparsers(
+        dest="action", required=True, parser_class=Parser
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="apply pending database migrations")
-    serve = commands.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8080)")
+    create = workspace.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--no-api-access", action="store_true")
+    create.add_argument("--json", action="store_true")
+    listing = workspace.add_parser("list")
+    listing.add_argument("--json", action="store_true")
+    access = workspace.add_parser("set-api-access")
+    access.add_argument("id")
+    access.add_argument("state", choices=["on", "off"])
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
+    create = key.add_parser("create")
+    create.add_argument("--workspace", required=True)
+    create.add_argument("--scope", choices=["read", "write"], default="read")
+    create.add_argument("--name", default="")
+    create.add_argument("--expires-in", type=int, metavar="SECONDS")
+    create.add_argument("--json", action="store_true")
+    listing = key.add_parser("list")
+    listing.add_argument("--workspace", required=True)
+    listing.add_argument("--json", action="store_true")
+    key.add_parser("revoke").add_argument("key_id")
+
+    attachment = sub.add_parser("attachment", help="attachments").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
+    add = attachment.add_parser("add", help="upload a file to S3 and register it")
+    add.add_argument("--workspace", required=True)
+    add.add_argument("path")
+    add.add_argument("--filename")
+    add.add_argument("--content-type")
+    add.add_argument("--bucket")
+    add.add_argument("--json", action="store_true")
+    register = attachment.add_parser("register", help="register an object already in S3")
+    register.add_argument("--workspace", required=True)
+    register.add_argument("--bucket", required=True)
+    register.add_argument("--key", required=True)
+    register.add_argument("--filename", required=True)
+    register.add_argument("--content-type", default="application/octet-stream")
+    register.add_argument("--size", type=int)
+    register.add_argument("--json", action="store_true")
+    attachment.add_parser("delete", help="soft delete").add_argument("id")
     return parser
 
 
-def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    applied = asyncio.run(apply_migrations(settings.database_url, settings.migrations_dir))
-    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
-    return 0
-
-
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        import uvloop  # optional: a faster event loop when installed
-    except ImportError:
-        uvloop = None
-    web.run_app(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        print=None,
-        loop=uvloop.new_event_loop() if uvloop else None,
-    )
-    return 0
-
-
-COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve}
+def emit(result: commands.Result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.data, default=str))
+    else:
+        print(result.human)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level)
-        return COMMANDS[args.command](settings, args)
-    except (SettingsError, MigrationError, UsageError) as exc:
+        command = commands.COMMANDS[name]
+        outcome = command(settings, args)
+        if asyncio.iscoroutine(outcome):
+            outcome = asyncio.run(outcome)
+        if isinstance(outcome, commands.Result):
+            emit(outcome, getattr(args, "json", False))
+            return 0
+        return int(outcome or 0)
+    except (SettingsError, MigrationError, commands.UsageError) as exc:
         print(f"attachments-gateway: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"attachments-gateway: error: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    except commands.Unavailable as exc:
+        print(f"attachments-gateway: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import uuid
 from aiohttp import web
 
 from .db import find_attachment
-from .keys import DATABASE, PRINCIPAL, STORAGE
+from .keys import DATABASE, METRICS, PRINCIPAL, STORAGE
 from .problems import Problem
 
 # Canonical 8-4-4-4-12 hex only: uuid.UUID() would also take braces, "urn:uuid:"
@@ -34,6 +34,7 @@ async def download(request: web.Request) -> web.Response:
     presigned = await request.app[STORAGE].presign(
         request.method, row["bucket"], row["object_key"], row["filename"], row["content_type"]
     )
+    request.app[METRICS].presigns.labels(request.method).inc()
     expires_at = presigned.expires_at.isoformat().replace("+00:00", "Z")
     # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through
     # yarl and break the signature (aio-libs/aiohttp#4307). The body leaves the URL

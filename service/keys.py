@@ -9,12 +9,14 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .auth import Principal
     from .db import Database
+    from .metrics import Metrics
     from .settings import Settings
     from .storage import Storage
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 DATABASE: web.AppKey[Database] = web.AppKey("database")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey[frozenset[str]]("public_paths")
 

@@ -51,10 +51,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # botocore logs canonical requests and signatures at DEBUG: never let them through.
-    for name in ("botocore", "aiobotocore"):
-        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
-    redact_parser_errors()
+    install_log_safety()
 
 
 class ParserErrorRedaction(logging.Filter):
@@ -78,8 +75,15 @@ class ParserErrorRedaction(logging.Filter):
 _PARSER_ERROR_REDACTION = ParserErrorRedaction()
 
 
-def redact_parser_errors() -> None:
-    """Install the redaction on aiohttp's server logger (idempotent)."""
+def install_log_safety() -> None:
+    """Keep secrets out of every log, whatever LOG_LEVEL says (idempotent).
+
+    botocore logs canonical requests, Authorization headers and signatures at DEBUG,
+    so its loggers never go below INFO; aiohttp's parser errors lose their bytes.
+    """
+    for name in ("botocore", "aiobotocore", "boto3", "urllib3"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
     logging.getLogger("aiohttp.server").addFilter(_PARSER_ERROR_REDACTION)
 
 

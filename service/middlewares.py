@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 
 from aiohttp import web
 
 from .auth import Handler
-from .keys import REQUEST_ID
+from .keys import METRICS, REQUEST_ID
+from .metrics import route_label
 from .problems import Problem, problem_for_http_exception, render
 
 log = logging.getLogger(__name__)
@@ -36,12 +38,19 @@ def request_id_of(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
+AUTH_PROBLEMS = frozenset({"unauthorized", "forbidden", "insufficient_scope"})
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
     request_id = request[REQUEST_ID] = request_id_of(request)
+    metrics = request.app[METRICS]
     try:
         response = await handler(request)
     except Problem as problem:
+        if problem.code in AUTH_PROBLEMS:
+            metrics.auth_failures.labels(problem.reason).inc()
         response = render(problem, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -55,4 +64,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = render(Problem("internal_error"), request_id)
     response.headers.update(SECURITY_HEADERS)
     response.headers["X-Request-ID"] = request_id
+    route = route_label(request)
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - started)
     return response

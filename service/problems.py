@@ -62,17 +62,21 @@ _PROBLEM_FOR_STATUS = {
 class Problem(Exception):
     """A failure with a problem code; the error middleware renders it."""
 
-    def __init__(self, code: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, code: str, headers: Mapping[str, str] | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(code)
         self.code = code
+        # Why, in a word, for metrics; never shown to the client.
+        self.reason = reason or code
         self.type = PROBLEM_TYPES[code]
         self.headers = dict(headers or {})
         if self.type.status == 503 and "Retry-After" not in self.headers:
             self.headers["Retry-After"] = str(retry_after())
 
 
-def unauthorized(challenge: str = REALM) -> Problem:
-    return Problem("unauthorized", {"WWW-Authenticate": challenge})
+def unauthorized(challenge: str, reason: str) -> Problem:
+    return Problem("unauthorized", {"WWW-Authenticate": challenge}, reason)
 
 
 def retry_after(base: int = 5) -> int:

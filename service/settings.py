@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
+
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # SigV4 refuses an X-Amz-Expires outside 1..604800 (seven days).
@@ -31,11 +33,14 @@ class Settings:
     s3_public_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_addressing_style: str = "path"
+    s3_default_bucket: str = "attachments"
 
     presign_expires_seconds: int = 900
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
+    metrics_port: int | None = None
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
@@ -49,6 +54,8 @@ class Settings:
             raise SettingsError("DB_POOL_MAX_SIZE must be >= 1 and DB_POOL_MIN_SIZE >= 0")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise SettingsError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        if self.workers < 1:
+            raise SettingsError("WORKERS must be >= 1")
         for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
@@ -60,8 +67,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from `environ` (default: os.environ); an empty value means unset."""
-        environ = os.environ if environ is None else environ
+        """Build settings from `environ` (default: os.environ plus an optional `.env` in the
+        working directory, whose values never override the real environment); an empty
+        value means unset."""
+        if environ is None:
+            from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            environ = {**from_file, **os.environ}
         values: dict[str, Any] = {}
         for field in fields(cls):
             raw = environ.get(field.name.upper(), "").strip()
@@ -73,7 +84,7 @@ class Settings:
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
+    kind = str(type_name).removesuffix(" | None")
     try:
         if kind == "int":
             return int(raw)

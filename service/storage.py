@@ -74,28 +74,45 @@ def signed_at(url: str) -> datetime:
     return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> Storage:
-    """A Storage whose client lives as long as `stack`; no client if S3 is not configured."""
+class StorageNotConfigured(RuntimeError):
+    """No S3 endpoint or region, or no credentials: the message says which."""
+
+
+async def _client_context(settings: Settings, endpoint: str | None) -> Any:
+    """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing."""
     session = get_session()
     region = settings.s3_region or session.get_config_variable("region")
-    endpoint = settings.signing_endpoint_url
     if not endpoint and not region:
-        return Storage(
-            None, "no S3 endpoint or region configured", settings.presign_expires_seconds
-        )
-    credentials = await session.get_credentials()
-    if credentials is None:
-        return Storage(None, "no S3 credentials found", settings.presign_expires_seconds)
+        raise StorageNotConfigured("no S3 endpoint or region configured")
+    if await session.get_credentials() is None:
+        raise StorageNotConfigured("no S3 credentials found")
     config = AioConfig(
         signature_version="s3v4",
         s3={"addressing_style": settings.s3_addressing_style},
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
     )
-    client = await stack.enter_async_context(
-        session.create_client(
-            "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
-        )
+    return session.create_client(
+        "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
     )
+
+
+async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> Storage:
+    """A Storage whose signing client lives as long as `stack`; none if S3 is not configured."""
+    try:
+        context = await _client_context(settings, settings.signing_endpoint_url)
+    except StorageNotConfigured as exc:
+        return Storage(None, str(exc), settings.presign_expires_seconds)
+    client = await stack.enter_async_context(context)
     return Storage(client, None, settings.presign_expires_seconds)
+
+
+@contextlib.asynccontextmanager
+async def internal_client(settings: Settings) -> AsyncIterator[Any]:
+    """A client for S3 API calls (uploads, bucket set-up) on the internal endpoint."""
+    async with await _client_context(settings, settings.s3_endpoint_url) as client:
+        yield client
 
 
 async def storage_context(app: web.Application) -> AsyncIterator[None]:

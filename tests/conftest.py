@@ -19,15 +19,64 @@ os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"):
     os.environ.pop(_name, None)
 
+import logging  # noqa: E402
+import re  # noqa: E402
+
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
-from aiohttp.test_utils import TestClient  # noqa: E402
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from service.admin import create_key, create_workspace, register_attachment  # noqa: E402
 from service.app import create_app  # noqa: E402
+from service.logs import AccessLogger, JsonFormatter, install_log_safety  # noqa: E402
 from service.migrate import apply_migrations  # noqa: E402
+from service.seaweed import S3Server, run_seaweedfs  # noqa: E402
 from service.settings import DEFAULT_MIGRATIONS_DIR, Settings  # noqa: E402
-from tests.servers import BUCKET, SeaweedS3, run_seaweedfs  # noqa: E402
+from tests.servers import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY  # noqa: E402
+
+# Every log record of the whole suite, at every level, rendered as the service renders
+# them; tests/test_zz_log_secrets.py (collected last) fails if any holds a secret.
+SECRETS_IN_LOGS = re.compile(
+    r"ixk_[0-9A-Za-z]{20,}|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token"
+    r"|Bearer\s+\S|Authorization"
+)
+
+
+class SuiteLogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+SUITE_LOGS = SuiteLogCapture()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = logging.getLogger()
+    root.addHandler(SUITE_LOGS)
+    root.setLevel(logging.DEBUG)
+    install_log_safety()  # what create_app and configure_logging do in the service
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_zz_log_secrets.py"))
+
+
+@pytest.fixture
+def serve_app(aiohttp_client: object) -> object:
+    """Serve an app over real HTTP with the service's own access logger."""
+
+    async def serve(app: web.Application) -> TestClient:
+        server = TestServer(app)
+        await server.start_server(access_log_class=AccessLogger)
+        return await aiohttp_client(server)  # type: ignore[operator, no-any-return]
+
+    return serve
 
 
 @pytest.fixture(scope="session")
@@ -92,13 +141,14 @@ def database_url(fresh_database: object) -> str:
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweed")) as s3:
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    workdir = tmp_path_factory.mktemp("seaweed")
+    with run_seaweedfs(workdir, S3_ACCESS_KEY, S3_SECRET_KEY, buckets=(BUCKET,)) as s3:
         yield s3
 
 
 @pytest.fixture
-def s3_credentials(monkeypatch: pytest.MonkeyPatch, seaweed: SeaweedS3) -> SeaweedS3:
+def s3_credentials(monkeypatch: pytest.MonkeyPatch, seaweed: S3Server) -> S3Server:
     """The standard AWS chain (environment variables) holds SeaweedFS's identity."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
@@ -107,7 +157,7 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch, seaweed: SeaweedS3) -> Seawe
 
 
 @pytest.fixture
-def settings(database_url: str, s3_credentials: SeaweedS3) -> Settings:
+def settings(database_url: str, s3_credentials: S3Server) -> Settings:
     return Settings(
         database_url=database_url,
         s3_endpoint_url=s3_credentials.endpoint_url,
@@ -116,8 +166,8 @@ def settings(database_url: str, s3_credentials: SeaweedS3) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: object, settings: Settings) -> TestClient:
-    return await aiohttp_client(create_app(settings))  # type: ignore[operator, no-any-return]
+async def client(serve_app: object, settings: Settings) -> TestClient:
+    return await serve_app(create_app(settings))  # type: ignore[operator, no-any-return]
 
 
 @pytest.fixture
@@ -151,7 +201,7 @@ def make_tenant(conn: asyncpg.Connection) -> object:
 
 
 @pytest.fixture
-def make_attachment(conn: asyncpg.Connection, seaweed: SeaweedS3) -> object:
+def make_attachment(conn: asyncpg.Connection, seaweed: S3Server) -> object:
     """Upload bytes to SeaweedFS and register them as an attachment of a workspace."""
     s3 = seaweed.client()
 

@@ -122,12 +122,12 @@ async def test_every_bad_token_gets_the_same_invalid_token_answer(client, conn, 
     assert len(bodies) == 1
 
 
-async def test_malformed_tokens_are_refused_without_the_database(aiohttp_client, make_tenant):
+async def test_malformed_tokens_are_refused_without_the_database(serve_app, make_tenant):
     """With the database unreachable, a malformed token is still a 401 (no query was
     needed), while a well-formed one has to ask and gets 503."""
     tenant = await make_tenant()
     offline = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", db_connect_timeout=1)
-    client = await aiohttp_client(create_app(offline))
+    client = await serve_app(create_app(offline))
     for token in malformed_variants(tenant.read_token).values():
         response, body = await get(client, {"Authorization": f"Bearer {token}"})
         assert response.status == 401

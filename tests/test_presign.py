@@ -135,10 +135,10 @@ async def test_storage_refuses_tampered_urls(client, make_tenant, make_attachmen
 
 
 async def test_storage_refuses_urls_signed_with_the_wrong_secret(
-    aiohttp_client, settings, monkeypatch, make_tenant, make_attachment
+    serve_app, settings, monkeypatch, make_tenant, make_attachment
 ):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-seaweedfs-knows")
-    client = await aiohttp_client(create_app(settings))
+    client = await serve_app(create_app(settings))
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
     location = await redirect(client, attachment_id, tenant.read_token)
@@ -146,10 +146,10 @@ async def test_storage_refuses_urls_signed_with_the_wrong_secret(
 
 
 async def test_urls_expire_after_the_configured_lifetime(
-    aiohttp_client, settings, make_tenant, make_attachment
+    serve_app, settings, make_tenant, make_attachment
 ):
     short = replace(settings, presign_expires_seconds=1)
-    client = await aiohttp_client(create_app(short))
+    client = await serve_app(create_app(short))
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
     location = await redirect(client, attachment_id, tenant.read_token)
@@ -200,10 +200,10 @@ async def test_hostile_filenames_download_with_a_safe_disposition(
 
 
 async def test_public_endpoint_is_signed_into_urls(
-    aiohttp_client, settings, make_tenant, make_attachment
+    serve_app, settings, make_tenant, make_attachment
 ):
     public = replace(settings, s3_public_endpoint_url="https://files.example.test:8443")
-    client = await aiohttp_client(create_app(public))
+    client = await serve_app(create_app(public))
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id, key="k/" + str(uuid.uuid4()))
     location = await redirect(client, attachment_id, tenant.read_token)
@@ -211,12 +211,12 @@ async def test_public_endpoint_is_signed_into_urls(
 
 
 async def test_virtual_addressing_puts_the_bucket_in_the_host(
-    aiohttp_client, settings, make_tenant, make_attachment
+    serve_app, settings, make_tenant, make_attachment
 ):
     virtual = replace(
         settings, s3_public_endpoint_url="https://s3.example.test", s3_addressing_style="virtual"
     )
-    client = await aiohttp_client(create_app(virtual))
+    client = await serve_app(create_app(virtual))
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id, key="v/obj.txt", filename="a.txt")
     location = await redirect(client, attachment_id, tenant.read_token)

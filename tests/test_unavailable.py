@@ -47,9 +47,9 @@ def no_aws_credentials(monkeypatch):
     ids=["nothing", "region-only", "endpoint-only"],
 )
 async def test_without_storage_it_starts_and_answers_503_only_where_storage_is_needed(
-    aiohttp_client, database_url, no_aws_credentials, make_tenant, make_attachment, storage
+    serve_app, database_url, no_aws_credentials, make_tenant, make_attachment, storage
 ):
-    client = await aiohttp_client(create_app(Settings(database_url=database_url, **storage)))
+    client = await serve_app(create_app(Settings(database_url=database_url, **storage)))
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
 
@@ -68,7 +68,7 @@ async def test_without_storage_it_starts_and_answers_503_only_where_storage_is_n
     assert (await download(client, attachment_id, blocked.auth()))[0].status == 403
 
 
-async def test_database_refusing_connections_is_503(aiohttp_client, settings, make_tenant):
+async def test_database_refusing_connections_is_503(serve_app, settings, make_tenant):
     tenant = await make_tenant()
     with socket.socket() as sock:  # a port that is certainly closed
         sock.bind(("127.0.0.1", 0))
@@ -78,16 +78,14 @@ async def test_database_refusing_connections_is_503(aiohttp_client, settings, ma
         s3_endpoint_url=settings.s3_endpoint_url,
         s3_region=settings.s3_region,
     )
-    client = await aiohttp_client(create_app(offline))
+    client = await serve_app(create_app(offline))
     response, body = await download(client, uuid.uuid4(), tenant.auth())
     assert response.status == 503
     assert_retry_after(response)
     assert_problem(503, body, "service_unavailable")
 
 
-async def test_a_database_that_never_answers_is_503_within_the_timeouts(
-    aiohttp_client, make_tenant
-):
+async def test_a_database_that_never_answers_is_503_within_the_timeouts(serve_app, make_tenant):
     """A listener that accepts TCP and then says nothing: connect must not hang."""
     tenant = await make_tenant()
     accepted = []
@@ -99,7 +97,7 @@ async def test_a_database_that_never_answers_is_503_within_the_timeouts(
         db_acquire_timeout=1.0,
     )
     async with silent:
-        client = await aiohttp_client(create_app(blackholed))
+        client = await serve_app(create_app(blackholed))
         started = time.monotonic()
         response, body = await download(client, uuid.uuid4(), tenant.auth())
         elapsed = time.monotonic() - started
@@ -110,10 +108,10 @@ async def test_a_database_that_never_answers_is_503_within_the_timeouts(
     assert elapsed < 2.0
 
 
-async def test_pool_acquire_timeout_is_503(aiohttp_client, settings, make_tenant):
+async def test_pool_acquire_timeout_is_503(serve_app, settings, make_tenant):
     tenant = await make_tenant()
     app = create_app(replace(settings, db_pool_max_size=1, db_acquire_timeout=0.3))
-    client = await aiohttp_client(app)
+    client = await serve_app(app)
     async with app[DATABASE].pool.acquire():  # every connection of the pool is busy
         started = time.monotonic()
         response, body = await download(client, uuid.uuid4(), tenant.auth())
@@ -126,12 +124,12 @@ async def test_pool_acquire_timeout_is_503(aiohttp_client, settings, make_tenant
 
 
 async def test_unexpected_errors_are_500_without_internals_and_logged_with_the_request_id(
-    aiohttp_client, unmigrated_database, settings, make_tenant, caplog
+    serve_app, unmigrated_database, settings, make_tenant, caplog
 ):
     """A database without the schema (migrations never ran) is our fault, not a 503."""
     tenant = await make_tenant()
     unmigrated = replace(settings, database_url=unmigrated_database)
-    client = await aiohttp_client(create_app(unmigrated))
+    client = await serve_app(create_app(unmigrated))
     caplog.set_level(logging.ERROR)
     response = await client.get(
         f"/api/v1/attachments/{uuid.uuid4()}/download",

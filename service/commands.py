@@ -1,0 +1,297 @@
+"""What each CLI command does; `cli.py` only parses and prints."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import mimetypes
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import admin
+from .db import UNAVAILABLE_ERRORS
+from .demo import ensure_demo
+from .disposition import CONTENT_TYPE
+from .migrate import apply_migrations
+from .settings import Settings
+from .storage import StorageNotConfigured, internal_client
+from .uploads import TerminalProgress, upload_file
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit 2."""
+
+
+class Unavailable(Exception):
+    """The database or S3 could not be reached: one line on stderr, exit 1."""
+
+
+@dataclass
+class Result:
+    human: str
+    data: Any = field(default_factory=dict)
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not a UUID") from None
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    except UNAVAILABLE_ERRORS as exc:
+        raise Unavailable(f"database unreachable ({type(exc).__name__})") from None
+    try:
+        yield conn
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise UsageError(f"refused by the database: {exc}") from None
+    finally:
+        await conn.close()
+
+
+async def migrate(settings: Settings, args: argparse.Namespace) -> Result:
+    try:
+        applied = await apply_migrations(settings.database_url, settings.migrations_dir)
+    except UNAVAILABLE_ERRORS as exc:
+        raise Unavailable(f"database unreachable ({type(exc).__name__})") from None
+    names = ", ".join(applied)
+    return Result(f"applied {len(applied)} migration(s)" + (f": {names}" if names else ""))
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .server import serve as serve_one
+    from .server import serve_workers
+
+    host, port = args.host or settings.host, args.port or settings.port
+    workers = args.workers or settings.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if workers == 1:
+        serve_one(settings, host, port)
+        return 0
+    return serve_workers(settings, host, port, workers)
+
+
+def dev(settings: Settings, args: argparse.Namespace) -> int:
+    from .dev import run_dev_stack
+
+    run_dev_stack(args.port)
+    return 0
+
+
+async def seed(settings: Settings, args: argparse.Namespace) -> Result:
+    try:
+        demo = await ensure_demo(settings, Path(args.state_file))
+    except StorageNotConfigured as exc:
+        raise UsageError(str(exc)) from None
+    except (BotoCoreError, ClientError) as exc:
+        raise Unavailable(f"S3 refused or unreachable ({type(exc).__name__})") from None
+    except UNAVAILABLE_ERRORS as exc:
+        raise Unavailable(f"database unreachable ({type(exc).__name__})") from None
+    data = {**demo.__dict__, "curl": demo.curl(args.base_url)}
+    human = (
+        f"demo workspace {demo.workspace_id}\n"
+        f"read key       {demo.read_token}\nwrite key      {demo.write_token}\n"
+        f"attachment     {demo.attachment_id}\n\n{data['curl']}"
+    )
+    return Result(human, data)
+
+
+def healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    url = args.url or f"http://127.0.0.1:{settings.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - operator's URL
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
+
+
+async def workspace_create(settings: Settings, args: argparse.Namespace) -> Result:
+    async with connect(settings) as conn:
+        workspace_id = await admin.create_workspace(
+            conn, args.name, api_access=not args.no_api_access
+        )
+    data = {"id": str(workspace_id), "name": args.name, "api_access": not args.no_api_access}
+    return Result(f"created workspace {workspace_id} ({args.name})", data)
+
+
+async def workspace_list(settings: Settings, args: argparse.Namespace) -> Result:
+    async with connect(settings) as conn:
+        rows = [dict(row) for row in await admin.list_workspaces(conn)]
+    lines = [
+        f"{r['id']}  api_access={'on' if r['api_access'] else 'off'}  {r['name']}" for r in rows
+    ]
+    return Result("\n".join(lines) or "no workspaces", rows)
+
+
+async def workspace_set_api_access(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.id, "workspace")
+    async with connect(settings) as conn:
+        if not await admin.set_api_access(conn, workspace_id, args.state == "on"):
+            raise UsageError(f"no workspace {workspace_id}")
+    data = {"id": str(workspace_id), "api_access": args.state == "on"}
+    return Result(f"api access {args.state} for workspace {workspace_id}", data)
+
+
+async def key_create(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    expires_at = None
+    if args.expires_in is not None:
+        if args.expires_in <= 0:
+            raise UsageError("--expires-in must be a positive number of seconds")
+        expires_at = datetime.now(UTC) + timedelta(seconds=args.expires_in)
+    async with connect(settings) as conn:
+        if not await admin.workspace_exists(conn, workspace_id):
+            raise UsageError(f"no workspace {workspace_id}")
+        key = await admin.create_key(
+            conn, workspace_id, scope=args.scope, name=args.name, expires_at=expires_at
+        )
+    data = {
+        "id": str(key.id),
+        "token": key.token,
+        "prefix": key.prefix,
+        "scope": key.scope,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
+    human = f"created {key.scope} key {key.id}\n{key.token}\n(shown once: store it now)"
+    return Result(human, data)
+
+
+async def key_list(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    async with connect(settings) as conn:
+        rows = [dict(row) for row in await admin.list_keys(conn, workspace_id)]
+    now = datetime.now(UTC)
+    for row in rows:
+        row["status"] = (
+            "revoked"
+            if row["revoked_at"]
+            else "expired"
+            if row["expires_at"] and row["expires_at"] <= now
+            else "active"
+        )
+    lines = [
+        f"{r['id']}  {r['prefix']}…  {r['scope']:<5}  {r['status']:<7}  {r['name']}" for r in rows
+    ]
+    return Result("\n".join(lines) or "no keys", rows)
+
+
+async def key_revoke(settings: Settings, args: argparse.Namespace) -> Result:
+    key_id = parse_uuid(args.key_id, "key")
+    async with connect(settings) as conn:
+        revoked = await admin.revoke_key(conn, key_id)
+    if not revoked:
+        raise UsageError(f"no active key {key_id}")
+    return Result(f"revoked key {key_id}", {"id": str(key_id), "revoked": True})
+
+
+def _content_type(value: str | None, filename: str) -> str:
+    content_type = value or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if not CONTENT_TYPE.match(content_type):
+        raise UsageError(f"{content_type!r} is not a media type")
+    return content_type
+
+
+async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    path = Path(args.path)
+    if not path.is_file():  # noqa: ASYNC240 - one stat before any I/O starts
+        raise UsageError(f"{path} is not a readable file")
+    filename = args.filename or path.name
+    content_type = _content_type(args.content_type, filename)
+    bucket = args.bucket or settings.s3_default_bucket
+    attachment_id = uuid.uuid4()
+    object_key = f"{workspace_id}/{attachment_id}"
+    async with connect(settings) as conn:
+        if not await admin.workspace_exists(conn, workspace_id):
+            raise UsageError(f"no workspace {workspace_id}")
+        try:
+            async with internal_client(settings) as s3:
+                size = await upload_file(
+                    s3, bucket, object_key, path, content_type,
+                    TerminalProgress(path.stat().st_size),  # noqa: ASYNC240
+                )  # fmt: skip
+        except StorageNotConfigured as exc:
+            raise UsageError(str(exc)) from None
+        except (BotoCoreError, ClientError) as exc:
+            raise Unavailable(f"upload failed: {exc}") from None
+        await admin.register_attachment(
+            conn, workspace_id, bucket=bucket, object_key=object_key, filename=filename,
+            content_type=content_type, size_bytes=size, attachment_id=attachment_id,
+        )  # fmt: skip
+    data = _attachment_data(attachment_id, workspace_id, bucket, object_key, filename,
+                            content_type, size)  # fmt: skip
+    return Result(f"added attachment {attachment_id} ({filename}, {size} bytes)", data)
+
+
+async def attachment_register(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    content_type = _content_type(args.content_type, args.filename)
+    if args.size is not None and args.size < 0:
+        raise UsageError("--size must not be negative")
+    async with connect(settings) as conn:
+        if not await admin.workspace_exists(conn, workspace_id):
+            raise UsageError(f"no workspace {workspace_id}")
+        attachment_id = await admin.register_attachment(
+            conn, workspace_id, bucket=args.bucket, object_key=args.key, filename=args.filename,
+            content_type=content_type, size_bytes=args.size,
+        )  # fmt: skip
+    data = _attachment_data(attachment_id, workspace_id, args.bucket, args.key, args.filename,
+                            content_type, args.size)  # fmt: skip
+    return Result(f"registered attachment {attachment_id} ({args.filename})", data)
+
+
+def _attachment_data(
+    attachment_id: uuid.UUID, workspace_id: uuid.UUID, bucket: str, key: str, filename: str,
+    content_type: str, size: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "id": str(attachment_id),
+        "workspace_id": str(workspace_id),
+        "bucket": bucket,
+        "key": key,
+        "filename": filename,
+        "content_type": content_type,
+        "size_bytes": size,
+    }
+
+
+async def attachment_delete(settings: Settings, args: argparse.Namespace) -> Result:
+    attachment_id = parse_uuid(args.id, "attachment")
+    async with connect(settings) as conn:
+        if not await admin.delete_attachment(conn, attachment_id):
+            raise UsageError(f"no live attachment {attachment_id}")
+    return Result(
+        f"deleted attachment {attachment_id}", {"id": str(attachment_id), "deleted": True}
+    )
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
+    "migrate": migrate,
+    "serve": serve,
+    "dev": dev,
+    "seed": seed,
+    "healthcheck": healthcheck,
+    "workspace create": workspace_create,
+    "workspace list": workspace_list,
+    "workspace set-api-access": workspace_set_api_access,
+    "key create": key_create,
+    "key list": key_list,
+    "key revoke": key_revoke,
+    "attachment add": attachment_add,
+    "attachment register": attachment_register,
+    "attachment delete": attachment_delete,
+}

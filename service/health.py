@@ -1,0 +1,48 @@
+"""Health routes for orchestrators: liveness, readiness, and the API document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp import web
+
+from .auth import Handler
+from .keys import DATABASE, STORAGE
+from .problems import Problem, retry_after
+
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop turns."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers and storage is configured; else 503 with the reasons."""
+    checks = {"database": "ok", "storage": "ok"}
+    try:
+        await request.app[DATABASE].fetchrow("SELECT 1")
+    except Problem:
+        checks["database"] = "unreachable"
+    storage = request.app[STORAGE]
+    if storage.unavailable_reason:
+        checks["storage"] = storage.unavailable_reason
+    if all(value == "ok" for value in checks.values()):
+        return web.json_response({"status": "ready", "checks": checks})
+    return web.json_response(
+        {"status": "not_ready", "checks": checks},
+        status=503,
+        headers={"Retry-After": str(retry_after())},
+    )
+
+
+def openapi_handler() -> Handler:
+    """Serve the document read once at start-up."""
+    body = json.dumps(json.loads(OPENAPI_DOCUMENT.read_text())).encode()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi
