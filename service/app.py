@@ -10,7 +10,7 @@ from .handlers import download
 from .health import healthz, openapi_handler, readyz
 from .keys import METRICS, PUBLIC_PATHS, SETTINGS
 from .logs import install_log_safety
-from .metrics import create_metrics, metrics_handler
+from .metrics import create_metrics, metrics_handler, metrics_site_context
 from .middlewares import error_middleware
 from .settings import Settings
 from .storage import storage_context
@@ -37,15 +37,9 @@ def create_app(settings: Settings) -> web.Application:
     }
     if settings.metrics_port is None:
         public["/metrics"] = metrics_handler
+    else:
+        app.cleanup_ctx.append(metrics_site_context)
     for path, handler in public.items():
         app.router.add_get(path, handler)
     app[PUBLIC_PATHS] = frozenset(public)
-    return app
-
-
-def create_metrics_app(main: web.Application) -> web.Application:
-    """`/metrics` alone, for METRICS_PORT: the same registry, served on its own port."""
-    app = web.Application()
-    app[METRICS] = main[METRICS]
-    app.router.add_get("/metrics", metrics_handler)
     return app

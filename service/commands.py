@@ -57,7 +57,7 @@ async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     try:
         yield conn
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-        raise UsageError(f"refused by the database: {exc}") from None
+        raise UsageError(f"refused by the database: {str(exc).splitlines()[0]}") from None
     finally:
         await conn.close()
 

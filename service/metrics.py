@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import DATABASE, METRICS
+from .keys import DATABASE, METRICS, SETTINGS
 
 # Redirects take well under a millisecond when warm; outages are bounded by timeouts (~2 s).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -91,3 +91,20 @@ async def metrics_handler(request: web.Request) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
     return response
+
+
+async def metrics_site_context(app: web.Application) -> AsyncIterator[None]:
+    """With METRICS_PORT set, `/metrics` is served there alone (same registry), e.g. so
+    that it stays off the public port."""
+    settings = app[SETTINGS]
+    metrics_app = web.Application()
+    metrics_app[METRICS] = app[METRICS]
+    metrics_app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.host, settings.metrics_port, reuse_port=settings.workers > 1 or None
+    )
+    await site.start()
+    yield
+    await runner.cleanup()

@@ -1,0 +1,236 @@
+"""The operator CLI, run as operators run it: a real process, real Postgres, real S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+from moto.server import ThreadedMotoServer
+from yarl import URL
+
+from service.app import create_app
+from service.seaweed import S3Server, ensure_bucket, free_port
+from service.uploads import PART_SIZE
+from tests.servers import BUCKET
+
+TOKEN_SHAPE = r"^ixk_[0-9A-Za-z]{38}$"
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """moto's server: a fast S3 API where no signature check is needed (uploads)."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Server(f"http://127.0.0.1:{port}", "moto-access", "moto-secret")
+    ensure_bucket(s3.client(), "uploads")
+    yield s3
+    server.stop()
+
+
+@pytest.fixture
+def cli(database_url, seaweed):
+    def run(*args, s3=seaweed, expect=0, env=None):
+        environment = {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": database_url,
+            "S3_ENDPOINT_URL": s3.endpoint_url,
+            "S3_REGION": s3.region,
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            **(env or {}),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == expect, (result.stdout, result.stderr)
+        if expect == 2:
+            assert result.stderr.startswith("attachments-gateway: error: ")
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        return result
+
+    return run
+
+
+def as_json(result):
+    return json.loads(result.stdout)
+
+
+def test_workspace_lifecycle(cli):
+    created = as_json(cli("workspace", "create", "Acme", "--json"))
+    assert set(created) == {"id", "name", "api_access"}
+    assert created["name"] == "Acme" and created["api_access"] is True
+    blocked = as_json(cli("workspace", "create", "Blocked", "--no-api-access", "--json"))
+    assert blocked["api_access"] is False
+
+    listed = {w["id"]: w for w in as_json(cli("workspace", "list", "--json"))}
+    assert listed[created["id"]]["name"] == "Acme"
+    assert listed[blocked["id"]]["api_access"] is False
+
+    human = cli("workspace", "set-api-access", blocked["id"], "on").stdout
+    assert f"api access on for workspace {blocked['id']}" in human
+    listed = {w["id"]: w for w in as_json(cli("workspace", "list", "--json"))}
+    assert listed[blocked["id"]]["api_access"] is True
+    assert "created workspace" in cli("workspace", "create", "Plain").stdout
+
+
+def test_keys_are_shown_once_and_listed_without_secrets(cli):
+    workspace = as_json(cli("workspace", "create", "Keys", "--json"))["id"]
+    key = as_json(
+        cli("key", "create", "--workspace", workspace, "--scope", "write", "--name", "ci",
+            "--expires-in", "3600", "--json")
+    )  # fmt: skip
+    assert set(key) == {"id", "token", "prefix", "scope", "expires_at"}
+    assert key["scope"] == "write" and key["expires_at"]
+    assert key["token"].startswith(key["prefix"]) and len(key["token"]) == 42
+    read = as_json(cli("key", "create", "--workspace", workspace, "--json"))
+    assert read["scope"] == "read" and read["expires_at"] is None
+
+    listing = cli("key", "list", "--workspace", workspace, "--json").stdout
+    assert key["token"] not in listing and read["token"] not in listing
+    keys = {k["id"]: k for k in json.loads(listing)}
+    assert keys[key["id"]]["status"] == "active" and keys[key["id"]]["name"] == "ci"
+
+    assert f"revoked key {key['id']}" in cli("key", "revoke", key["id"]).stdout
+    keys = {k["id"]: k for k in as_json(cli("key", "list", "--workspace", workspace, "--json"))}
+    assert keys[key["id"]]["status"] == "revoked"
+    assert key["token"] not in cli("key", "list", "--workspace", workspace).stdout
+    cli("key", "revoke", key["id"], expect=2)
+
+
+async def test_attachment_add_uploads_and_the_gateway_serves_it(cli, serve_app, settings, tmp_path):
+    workspace = as_json(cli("workspace", "create", "Files", "--json"))["id"]
+    token = as_json(cli("key", "create", "--workspace", workspace, "--json"))["token"]
+    path = tmp_path / "résumé.pdf"
+    body = os.urandom(100_000)
+    path.write_bytes(body)
+    added = as_json(cli("attachment", "add", "--workspace", workspace, str(path), "--json"))
+    assert added["filename"] == "résumé.pdf"
+    assert added["content_type"] == "application/pdf"
+    assert added["size_bytes"] == len(body)
+    assert added["bucket"] == BUCKET
+
+    client = await serve_app(create_app(settings))
+    response = await client.get(
+        f"/api/v1/attachments/{added['id']}/download",
+        headers={"Authorization": f"Bearer {token}"},
+        allow_redirects=False,
+    )
+    assert response.status == 307
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        location = URL(response.headers["Location"], encoded=True)
+        async with session.get(location) as s3_response:
+            assert s3_response.status == 200
+            assert await s3_response.read() == body
+            assert (
+                "filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
+                in s3_response.headers["Content-Disposition"]
+            )
+
+    assert f"deleted attachment {added['id']}" in cli("attachment", "delete", added["id"]).stdout
+    response = await client.get(
+        f"/api/v1/attachments/{added['id']}/download",
+        headers={"Authorization": f"Bearer {token}"},
+        allow_redirects=False,
+    )
+    assert response.status == 404
+    cli("attachment", "delete", added["id"], expect=2)
+
+
+def test_large_files_go_up_in_parts(cli, moto_s3, tmp_path):
+    workspace = as_json(cli("workspace", "create", "Big", "--json"))["id"]
+    path = tmp_path / "big.bin"
+    body = os.urandom(PART_SIZE * 2 + 12345)
+    path.write_bytes(body)
+    added = as_json(
+        cli("attachment", "add", "--workspace", workspace, str(path), "--bucket", "uploads",
+            "--content-type", "application/x-big", "--json", s3=moto_s3)
+    )  # fmt: skip
+    s3 = moto_s3.client()
+    head = s3.head_object(Bucket="uploads", Key=added["key"])
+    assert head["ETag"].strip('"').endswith("-3")  # three parts
+    assert head["ContentLength"] == len(body)
+    assert s3.get_object(Bucket="uploads", Key=added["key"])["Body"].read() == body
+    assert s3.list_multipart_uploads(Bucket="uploads").get("Uploads", []) == []
+
+
+def test_register_an_existing_object(cli, seaweed):
+    workspace = as_json(cli("workspace", "create", "Existing", "--json"))["id"]
+    key = f"imported/{uuid.uuid4()}"
+    seaweed.client().put_object(Bucket=BUCKET, Key=key, Body=b"old data")
+    registered = as_json(
+        cli("attachment", "register", "--workspace", workspace, "--bucket", BUCKET,
+            "--key", key, "--filename", "old.txt", "--content-type", "text/plain",
+            "--size", "8", "--json")
+    )  # fmt: skip
+    assert registered["key"] == key and registered["size_bytes"] == 8
+    assert uuid.UUID(registered["id"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("workspace", "set-api-access", "not-a-uuid", "on"),
+        ("workspace", "set-api-access", str(uuid.uuid4()), "on"),
+        ("workspace", "set-api-access", str(uuid.uuid4()), "maybe"),
+        ("workspace", "create", ""),
+        ("key", "create", "--workspace", str(uuid.uuid4())),
+        ("key", "create", "--workspace", "nope"),
+        ("key", "create", "--workspace", str(uuid.uuid4()), "--scope", "admin"),
+        ("key", "revoke", str(uuid.uuid4())),
+        ("attachment", "add", "--workspace", str(uuid.uuid4()), "/nonexistent/file"),
+        ("attachment", "delete", str(uuid.uuid4())),
+        ("attachment", "register", "--workspace", str(uuid.uuid4()), "--bucket", BUCKET,
+         "--key", "k", "--filename", "f"),
+        ("nonsense",),
+        (),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(cli, args):
+    cli(*args, expect=2)
+
+
+def test_bad_media_type_and_expiry_are_refused(cli, tmp_path):
+    workspace = as_json(cli("workspace", "create", "Strict", "--json"))["id"]
+    cli("key", "create", "--workspace", workspace, "--expires-in", "0", expect=2)
+    cli("attachment", "register", "--workspace", workspace, "--bucket", BUCKET, "--key", "k",
+        "--filename", "f", "--content-type", "text/html\r\nX: y", expect=2)  # fmt: skip
+
+
+def test_an_unreachable_database_is_exit_1_in_one_line(cli):
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    result = cli("workspace", "list", expect=1, env={"DATABASE_URL": closed})
+    assert result.stderr.startswith("attachments-gateway: error: database unreachable")
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_come_from_a_dotenv_file_below_the_environment(cli, tmp_path, database_url):
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://nobody@127.0.0.1:1/none\n")
+    env = {k: v for k, v in os.environ.items() if k == "PATH"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "workspace", "list"],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(os.getcwd())},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "database unreachable" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "workspace", "list", "--json"],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(os.getcwd()), "DATABASE_URL": database_url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0 and isinstance(json.loads(result.stdout), list)
+    assert urlsplit(database_url).scheme == "postgresql"

@@ -1,0 +1,178 @@
+"""Health, readiness, metrics, request ids, access logs and the served OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import replace
+
+import pytest
+
+from service.app import create_app
+from service.seaweed import free_port
+from service.settings import Settings
+from tests.test_openapi_document import DOCUMENT, HTTP_METHODS
+
+
+async def test_healthz_needs_no_key(client):
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_readyz_when_everything_is_there(client):
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "storage": "ok"},
+    }
+
+
+async def test_readyz_names_what_is_missing(serve_app, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    offline = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    client = await serve_app(create_app(offline))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert await response.json() == {
+        "status": "not_ready",
+        "checks": {"database": "unreachable", "storage": "no S3 endpoint or region configured"},
+    }
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") or line.startswith(f"{name} "):
+            metric, value = line.rsplit(" ", 1)
+            found = metric[len(name) :].strip("{}")
+            if ",".join(sorted(found.split(","))) == wanted or (not labels and not found):
+                return float(value)
+    return 0.0
+
+
+async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
+    client, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}/download"
+    for _ in range(3):
+        await client.get(path, headers=tenant.auth(), allow_redirects=False)
+    await client.head(path, headers=tenant.auth(), allow_redirects=False)
+    await client.get(path)
+    await client.get(path, headers={"Authorization": "Bearer ixk_garbage"})
+    await client.get(path, headers={"Authorization": "Basic eDp5"})
+    await client.delete(path, headers=tenant.auth())
+
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = await response.text()
+    route = "/api/v1/attachments/{id}/download"
+    assert sample(text, "gateway_requests_total", route=route, method="GET", status="307") == 3
+    assert sample(text, "gateway_requests_total", route=route, method="HEAD", status="307") == 1
+    assert sample(text, "gateway_requests_total", route=route, method="GET", status="401") == 3
+    assert sample(text, "gateway_presigned_urls_total", method="GET") == 3
+    assert sample(text, "gateway_presigned_urls_total", method="HEAD") == 1
+    for reason in ("missing_credentials", "malformed_token", "other_scheme", "insufficient_scope"):
+        assert sample(text, "gateway_auth_failures_total", reason=reason) == 1, reason
+    # The DELETE matched no route for its method: its label is "unmatched", not its path.
+    assert (
+        sample(text, "gateway_requests_total", route="unmatched", method="DELETE", status="403")
+        == 1
+    )
+    assert sample(text, "gateway_request_duration_seconds_count", route=route) == 7
+    assert sample(text, "gateway_db_pool_connections", state="max") == 10
+    assert sample(text, "gateway_db_pool_connections", state="open") >= 1
+    assert attachment_id.hex not in text and str(attachment_id) not in text
+    assert "ixk_" not in text and "X-Amz" not in text
+
+
+async def test_metrics_can_move_to_their_own_port(serve_app, settings):
+    port = free_port()
+    client = await serve_app(create_app(replace(settings, metrics_port=port)))
+    assert (await client.get("/metrics")).status == 401  # not public on the API port
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200
+            assert "gateway_requests_total" in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("incoming", "kept"),
+    [
+        ("abc-123_x.y:z", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("has space", False),
+        ("new\\nline", False),
+        ("ixk_<script>", False),
+        ("", False),
+    ],
+)
+async def test_request_ids_are_honoured_only_when_sane(client, incoming, kept):
+    response = await client.get("/healthz", headers={"X-Request-ID": incoming} if incoming else {})
+    echoed = response.headers["X-Request-ID"]
+    if kept:
+        assert echoed == incoming
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+async def test_access_log_lines_carry_context_but_no_query_or_secret(
+    client, make_tenant, make_attachment, caplog
+):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    response = await client.get(
+        f"/api/v1/attachments/{attachment_id}/download?access_token={tenant.read_token}&x=1",
+        headers={**tenant.auth(), "X-Request-ID": "log-check-1"},
+        allow_redirects=False,
+    )
+    assert response.status == 307
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == "log-check-1"]
+    assert len(records) == 1
+    record = records[0]
+    assert record.method == "GET"
+    assert record.path == f"/api/v1/attachments/{attachment_id}/download"
+    assert record.status == 307
+    assert record.workspace_id == str(tenant.workspace_id)
+    assert record.key_prefix == tenant.read_token[:12]
+    assert record.duration_ms > 0
+    from service.logs import JsonFormatter
+
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "info" and line["request_id"] == "log-check-1"
+    rendered = json.dumps(line)
+    assert tenant.read_token not in rendered and "access_token" not in rendered
+
+
+async def test_the_served_document_is_the_document_and_public(client):
+    response = await client.get("/api/v1/openapi.json")
+    assert response.status == 200
+    assert await response.json() == DOCUMENT
+
+
+async def test_served_routes_and_the_document_agree(client):
+    served = set()
+    for route in client.app.router.routes():
+        path = route.resource.canonical
+        if route.method == "HEAD" and path != "/api/v1/attachments/{id}/download":
+            continue  # aiohttp adds HEAD to every GET; only the download's is an API
+        served.add((path, route.method.lower()))
+    documented = {
+        (path, method)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+    assert served == documented
