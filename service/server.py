@@ -6,6 +6,7 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 from aiohttp import web
@@ -27,9 +28,18 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish
-    (up to SHUTDOWN_GRACE_SECONDS) and close the pool and the S3 client."""
+    (up to SHUTDOWN_GRACE_SECONDS) and close the pool and the S3 client.
+
+    `on_listening` runs once the socket accepts connections."""
     configure_logging(settings.log_level)
     log.info("serving on http://%s:%d", host, port)
     web.run_app(
@@ -39,7 +49,8 @@ def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False)
         reuse_port=reuse_port or None,
         access_log_class=AccessLogger,
         shutdown_timeout=settings.shutdown_grace_seconds,
-        print=None,
+        # run_app calls `print` once its sites listen: the moment to announce readiness.
+        print=(lambda _message: on_listening()) if on_listening else None,
         loop=new_event_loop(),
     )
     log.info("stopped")

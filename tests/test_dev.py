@@ -1,0 +1,90 @@
+"""`attachments-gateway dev` from an empty folder with no settings: the README's promise."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from service.demo import DEMO_BODY
+from service.seaweed import free_port
+
+CURL = re.compile(r'curl -L -H "Authorization: Bearer (ixk_\w+)" (http://\S+)')
+
+
+def start_dev(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    log = workdir / f"dev-{time.monotonic_ns()}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "dev", "--port", str(port)],
+            cwd=workdir,
+            env={"PATH": os.environ["PATH"], "HOME": str(workdir)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, log
+
+
+async def wait_for_curl(process: subprocess.Popen[bytes], log: Path) -> re.Match[str]:
+    deadline = time.monotonic() + 90
+    while True:
+        text = log.read_text(errors="replace")
+        if (match := CURL.search(text)) and "Ctrl-C stops everything" in text:
+            return match
+        assert process.poll() is None, text
+        assert time.monotonic() < deadline, text
+        await asyncio.sleep(0.2)
+
+
+async def download(url: str, token: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            return response.status, await response.read()
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    return process.wait(30)
+
+
+def processes_using(path: Path) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in text:
+            found.append(text)
+    return found
+
+
+async def test_dev_stack_serves_the_demo_file_reuses_it_and_leaves_nothing_behind(tmp_path):
+    port = free_port()
+    process, log = start_dev(tmp_path, port)
+    try:
+        first = await wait_for_curl(process, log)
+        token, url = first.groups()
+        # What the printed curl -L does: follow the 307 to the embedded S3.
+        assert await download(url, token) == (200, DEMO_BODY)
+    finally:
+        assert stop(process) == 0
+    assert processes_using(tmp_path / ".dev") == []
+    assert (tmp_path / ".dev" / "demo.json").stat().st_mode & 0o777 == 0o600
+
+    process, log = start_dev(tmp_path, port)
+    try:
+        second = await wait_for_curl(process, log)
+        assert second.groups() == first.groups()  # the same key and attachment
+        assert await download(url, token) == (200, DEMO_BODY)
+    finally:
+        assert stop(process) == 0
+    assert processes_using(tmp_path / ".dev") == []

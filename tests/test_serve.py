@@ -1,0 +1,190 @@
+"""`attachments-gateway serve` as a real process: logs, workers, health check, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service.seaweed import free_port
+from tests.conftest import SECRETS_IN_LOGS
+from tests.proxy import postgres_proxy
+
+
+@pytest.fixture
+def gateway_env(database_url, seaweed):
+    return {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": database_url,
+        "S3_ENDPOINT_URL": seaweed.endpoint_url,
+        "S3_REGION": seaweed.region,
+        "AWS_ACCESS_KEY_ID": seaweed.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+class Gateway:
+    def __init__(self, env: dict[str, str], *args: str, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        with log.open("wb") as output:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                assert self.process.poll() is None, self.log.read_text()
+                try:
+                    async with session.get(self.url + "/healthz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, self.log.read_text()
+                await asyncio.sleep(0.1)
+
+    def json_lines(self) -> list[dict[str, object]]:
+        lines = self.log.read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)
+
+
+async def get(url: str, token: str | None = None, method: str = "GET") -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, url, headers=headers, allow_redirects=False) as r:
+            await r.read()
+            return r.status
+
+
+async def test_serve_logs_json_lines_without_secrets_and_stops_on_sigterm(
+    gateway_env, make_tenant, make_attachment, tmp_path
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    gateway = Gateway(gateway_env, log=tmp_path / "gateway.log")
+    try:
+        await gateway.wait_ready()
+        path = f"/api/v1/attachments/{attachment_id}/download"
+        assert await get(gateway.url + path, tenant.read_token) == 307
+        assert await get(gateway.url + path + f"?token={tenant.read_token}") == 401
+    finally:
+        started = time.monotonic()
+        assert gateway.stop() == 0
+    assert time.monotonic() - started < 12
+    lines = gateway.json_lines()  # every line is one JSON object
+    requests = [line for line in lines if line.get("message") == "request"]
+    download = next(line for line in requests if line.get("status") == 307)
+    assert download["path"] == path and download["method"] == "GET"
+    assert download["workspace_id"] == str(tenant.workspace_id)
+    assert download["key_prefix"] == tenant.read_token[:12]
+    assert {"time", "level", "request_id", "duration_ms"} <= set(download)
+    assert any(line.get("message") == "stopped" for line in lines)
+    text = gateway.log.read_text()
+    assert not SECRETS_IN_LOGS.search(text), text
+
+
+async def test_in_flight_requests_finish_after_sigterm(
+    gateway_env, database_url, make_tenant, make_attachment, tmp_path
+):
+    """The database answers slowly (a proxy holds every packet); SIGTERM arrives while a
+    download is being decided; the answer still comes, then the process exits 0."""
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    proxy, slow_dsn = postgres_proxy(database_url)
+    async with proxy:
+        env = {
+            **gateway_env,
+            "DATABASE_URL": slow_dsn.format(port=proxy.port),
+            "DB_CONNECT_TIMEOUT": "10",
+            "DB_ACQUIRE_TIMEOUT": "10",
+            "DB_STATEMENT_TIMEOUT": "10",
+        }
+        gateway = Gateway(env, log=tmp_path / "gateway.log")
+        try:
+            await gateway.wait_ready()
+            url = f"{gateway.url}/api/v1/attachments/{attachment_id}/download"
+            assert await get(url, tenant.read_token) == 307  # the pool has its connection
+            proxy.delay = 0.4  # each query now takes at least 0.8 s
+            in_flight = asyncio.create_task(get(url, tenant.read_token))
+            await asyncio.sleep(0.3)
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await in_flight == 307
+            assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+        finally:
+            proxy.delay = 0
+            gateway.stop()
+
+
+async def test_workers_share_the_port_and_all_stop(gateway_env, make_tenant, tmp_path):
+    tenant = await make_tenant()
+    gateway = Gateway(gateway_env, "--workers", "2", log=tmp_path / "gateway.log")
+    try:
+        await gateway.wait_ready()
+        children = _children(gateway.process.pid)
+        assert len(children) >= 2
+        statuses = await asyncio.gather(
+            *(get(f"{gateway.url}/api/v1/attachments/{os.urandom(2).hex()}/download",
+                  tenant.read_token) for _ in range(20))
+        )  # fmt: skip
+        assert set(statuses) == {404}
+    finally:
+        assert gateway.stop() == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def test_healthcheck_command(gateway_env, tmp_path):
+    command = [sys.executable, "-m", "service", "healthcheck"]
+    closed = {**gateway_env, "PORT": str(free_port())}
+    assert subprocess.run(command, env=closed, timeout=30).returncode == 1
+    gateway = Gateway(gateway_env, log=tmp_path / "gateway.log")
+    try:
+        asyncio.run(gateway.wait_ready())
+        env = {**gateway_env, "PORT": str(gateway.port)}
+        assert subprocess.run(command, env=env, timeout=30).returncode == 0
+    finally:
+        gateway.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
