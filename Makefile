@@ -6,13 +6,16 @@ INSTALLED := $(VENV)/.installed
 
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: test lint migrate serve clean
+.PHONY: dev test lint migrate serve clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
+
+dev: $(INSTALLED)
+	$(BIN)/attachments-gateway dev
 
 test: $(INSTALLED)
 	$(BIN)/pytest
@@ -29,4 +32,4 @@ serve: $(INSTALLED)
 	$(BIN)/attachments-gateway serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

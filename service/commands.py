@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,10 +75,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from .server import serve as serve_one
     from .server import serve_workers
 
-    host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.workers
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    # The flags win over HOST/PORT/WORKERS, for the metrics listener too.
+    settings = replace(
+        settings, host=args.host or settings.host, port=args.port or settings.port, workers=workers
+    )
+    host, port = settings.host, settings.port
     if workers == 1:
         serve_one(settings, host, port)
         return 0
