@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from .auth import auth_middleware
+from .caches import HotPathCaches, TTLCache
 from .db import database_context
 from .handlers import download
 from .health import healthz, openapi_handler, readyz
-from .keys import METRICS, PUBLIC_PATHS, SETTINGS
+from .invalidation import invalidation_context
+from .keys import CACHES, METRICS, PUBLIC_PATHS, SETTINGS
 from .logs import install_log_safety
 from .metrics import create_metrics, metrics_handler, metrics_site_context
 from .middlewares import error_middleware
@@ -22,10 +24,16 @@ def create_app(settings: Settings) -> web.Application:
     # authentication's included, is rendered as a problem with the same headers.
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SETTINGS] = settings
+    app[CACHES] = HotPathCaches(
+        keys=TTLCache(settings.key_cache_size, settings.cache_ttl_seconds),
+        attachments=TTLCache(settings.attachment_cache_size, settings.cache_ttl_seconds),
+        urls=TTLCache(settings.url_cache_size, settings.url_reuse_window),
+    )
     app[METRICS] = create_metrics(app)
     # One context per resource; each is closed only if it finished starting.
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
 
     # add_get also answers HEAD, presigned separately for head_object.
     app.router.add_get("/api/v1/attachments/{id}/download", download, name="download")

@@ -7,14 +7,18 @@ unsafe method). What a caller may see is then decided per route, by tenant.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from .db import find_key
-from .keys import DATABASE, PRINCIPAL, PUBLIC_PATHS
+from .caches import MISSING
+from .db import find_key, find_key_and_attachment
+from .handlers import canonical_uuid
+from .keys import CACHES, DATABASE, PREFETCHED, PRINCIPAL, PUBLIC_PATHS
 from .problems import (
     CHALLENGE_INSUFFICIENT_SCOPE,
     CHALLENGE_INVALID_REQUEST,
@@ -23,19 +27,37 @@ from .problems import (
     Problem,
     unauthorized,
 )
+from .storage import AttachmentTarget
 from .tokens import parse_token
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+DOWNLOAD_ROUTE = "download"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """A live key, as cached: `expires_at` (epoch seconds) is checked on every use."""
+
     key_id: uuid.UUID
     workspace_id: uuid.UUID
     scope: str
     key_prefix: str
+    api_access: bool
+    expires_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Principal:
+        expires_at = row["expires_at"].timestamp() if row["expires_at"] else None
+        return cls(
+            row["id"],
+            row["workspace_id"],
+            row["scope"],
+            row["display_prefix"],
+            row["api_access"],
+            expires_at,
+        )
 
 
 def bearer_token(request: web.Request) -> str:
@@ -61,18 +83,52 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
+def download_id(request: web.Request) -> uuid.UUID | None:
+    """The attachment id of a download request, if it is a canonical UUID."""
+    if request.match_info.route.name != DOWNLOAD_ROUTE:
+        return None
+    return canonical_uuid(request.match_info["id"])
+
+
+async def lookup_principal(request: web.Request, digest: bytes) -> Principal | None:
+    """The key from the cache, else from the database (with the download's attachment in
+    the same query when there is one, handed to the handler through PREFETCHED)."""
+    caches = request.app[CACHES]
+    if caches.live:
+        cached = caches.keys.get(digest)
+        if cached is not MISSING:
+            return cached  # type: ignore[no-any-return]
+    generation = caches.generation
+    attachment_id = download_id(request)
+    if attachment_id is None:
+        row = await find_key(request.app[DATABASE], digest)
+    else:
+        row = await find_key_and_attachment(request.app[DATABASE], digest, attachment_id)
+    principal = Principal.from_row(row) if row is not None else None
+    if row is not None and attachment_id is not None:
+        target = AttachmentTarget.from_row(row) if row["attachment_id"] else None
+        request[PREFETCHED] = target
+        if caches.live and caches.generation == generation:
+            caches.attachments.put(attachment_id, (row["workspace_id"], target))
+    if caches.live and caches.generation == generation:
+        caches.keys.put(digest, principal)  # None too: unknown tokens cost no query
+    return principal
+
+
 async def authenticate(request: web.Request) -> Principal:
     token = bearer_token(request)
     digest = parse_token(token)
     if digest is None:
         # Malformed: refused offline, with the same answer as an unknown key.
         raise unauthorized(CHALLENGE_INVALID_TOKEN, "malformed_token")
-    row = await find_key(request.app[DATABASE], digest)
-    if row is None:
+    principal = await lookup_principal(request, digest)
+    if principal is None or (
+        principal.expires_at is not None and principal.expires_at <= time.time()
+    ):
         raise unauthorized(CHALLENGE_INVALID_TOKEN, "unknown_token")
-    if not row["api_access"]:
+    if not principal.api_access:
         raise Problem("forbidden", reason="no_api_access")
-    return Principal(row["id"], row["workspace_id"], row["scope"], row["display_prefix"])
+    return principal
 
 
 @web.middleware

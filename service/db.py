@@ -34,9 +34,23 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 KEY_BY_DIGEST = """
-    SELECT k.id, k.workspace_id, k.scope, k.display_prefix, w.api_access
+    SELECT k.id, k.workspace_id, k.scope, k.display_prefix, k.expires_at, w.api_access
     FROM api_keys k
     JOIN workspaces w ON w.id = k.workspace_id
+    WHERE k.token_digest = $1
+      AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > now())
+"""
+
+# The cold path of a download in one round trip: the key, its workspace's entitlement,
+# and the attachment if (and only if) it is live and belongs to that same workspace.
+KEY_AND_ATTACHMENT = """
+    SELECT k.id, k.workspace_id, k.scope, k.display_prefix, k.expires_at, w.api_access,
+           a.id AS attachment_id, a.bucket, a.object_key, a.filename, a.content_type
+    FROM api_keys k
+    JOIN workspaces w ON w.id = k.workspace_id
+    LEFT JOIN attachments a
+           ON a.id = $2 AND a.workspace_id = k.workspace_id AND a.deleted_at IS NULL
     WHERE k.token_digest = $1
       AND k.revoked_at IS NULL
       AND (k.expires_at IS NULL OR k.expires_at > now())
@@ -66,6 +80,13 @@ class Database:
 async def find_key(db: Database, token_digest: bytes) -> asyncpg.Record | None:
     """The live (not revoked, not expired) key with this digest, with its workspace's flag."""
     return await db.fetchrow(KEY_BY_DIGEST, token_digest)
+
+
+async def find_key_and_attachment(
+    db: Database, token_digest: bytes, attachment_id: uuid.UUID
+) -> asyncpg.Record | None:
+    """`find_key`, plus the columns of the attachment when the key's workspace owns it."""
+    return await db.fetchrow(KEY_AND_ATTACHMENT, token_digest, attachment_id)
 
 
 async def find_attachment(

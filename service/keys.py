@@ -8,17 +8,21 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .auth import Principal
+    from .caches import HotPathCaches
     from .db import Database
     from .metrics import Metrics
     from .settings import Settings
-    from .storage import Storage
+    from .storage import AttachmentTarget, Storage
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 DATABASE: web.AppKey[Database] = web.AppKey("database")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+CACHES: web.AppKey[HotPathCaches] = web.AppKey("caches")
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey[frozenset[str]]("public_paths")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+# The download's attachment, when authentication already fetched it in the same query.
+PREFETCHED: web.RequestKey[AttachmentTarget | None] = web.RequestKey("prefetched")

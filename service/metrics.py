@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import DATABASE, METRICS, SETTINGS
+from .keys import CACHES, DATABASE, METRICS, SETTINGS
 
 # Redirects take well under a millisecond when warm; outages are bounded by timeouts (~2 s).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -28,7 +28,7 @@ class Metrics:
 
 def create_metrics(app: web.Application) -> Metrics:
     registry = CollectorRegistry()
-    registry.register(PoolCollector(app))
+    registry.register(RuntimeCollector(app))
     return Metrics(
         registry=registry,
         requests=Counter(
@@ -46,8 +46,8 @@ def create_metrics(app: web.Application) -> Metrics:
         ),
         presigns=Counter(
             "gateway_presigned_urls",
-            "Presigned URLs issued, by method.",
-            ["method"],
+            "Presigned URLs handed out, by method and whether signed now or reused.",
+            ["method", "source"],
             registry=registry,
         ),
         auth_failures=Counter(
@@ -65,13 +65,28 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-class PoolCollector(Collector):
-    """Reads the pool's size when scraped, so nothing is counted on the request path."""
+class RuntimeCollector(Collector):
+    """Reads the pool and the caches when scraped: nothing extra on the request path."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
+        caches = self.app[CACHES]
+        lookups = CounterMetricFamily(
+            "gateway_cache_lookups",
+            "Cache lookups by cache and result.",
+            labels=["cache", "result"],
+        )
+        entries = GaugeMetricFamily("gateway_cache_entries", "Cached entries.", labels=["cache"])
+        for name, cache in (("keys", caches.keys), ("attachments", caches.attachments),
+                            ("urls", caches.urls)):  # fmt: skip
+            lookups.add_metric([name, "hit"], cache.hits)
+            lookups.add_metric([name, "miss"], cache.misses)
+            entries.add_metric([name], len(cache))
+        live = GaugeMetricFamily("gateway_cache_live", "1 while caches are on (listener up).")
+        live.add_metric([], 1 if caches.live else 0)
+        yield from (lookups, entries, live)
         database = self.app.get(DATABASE)
         if database is None:
             return

@@ -36,6 +36,15 @@ class Settings:
     s3_default_bucket: str = "attachments"
 
     presign_expires_seconds: int = 900
+    # "fast": our SigV4 signer (tests/test_signer.py proves it equal to botocore);
+    # "botocore": aiobotocore's generate_presigned_url, the reference.
+    presigner: str = "fast"
+    # A URL may be handed out again for this long (0: never); see README, "URL reuse".
+    url_reuse_seconds: int = 60
+    url_cache_size: int = 100_000
+    key_cache_size: int = 10_000
+    attachment_cache_size: int = 100_000
+    cache_ttl_seconds: float = 30.0
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -48,6 +57,15 @@ class Settings:
     def __post_init__(self) -> None:
         if not 1 <= self.presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
             raise SettingsError(f"PRESIGN_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}")
+        if self.presigner not in ("fast", "botocore"):
+            raise SettingsError("PRESIGNER must be 'fast' or 'botocore'")
+        if self.url_reuse_seconds < 0:
+            raise SettingsError("URL_REUSE_SECONDS must be >= 0")
+        for name in ("url_cache_size", "key_cache_size", "attachment_cache_size"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must be >= 0")
+        if self.cache_ttl_seconds < 0:
+            raise SettingsError("CACHE_TTL_SECONDS must be >= 0")
         if self.s3_addressing_style not in ("path", "virtual"):
             raise SettingsError("S3_ADDRESSING_STYLE must be 'path' or 'virtual'")
         if self.db_pool_max_size < 1 or self.db_pool_min_size < 0:
@@ -59,6 +77,13 @@ class Settings:
         for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
+
+    @property
+    def url_reuse_window(self) -> int:
+        """Seconds a URL may be handed out again; never as long as its whole lifetime."""
+        if self.url_reuse_seconds >= self.presign_expires_seconds:
+            return 0
+        return self.url_reuse_seconds
 
     @property
     def signing_endpoint_url(self) -> str | None:

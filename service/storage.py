@@ -24,6 +24,7 @@ from .disposition import content_disposition, safe_content_type
 from .keys import SETTINGS, STORAGE
 from .problems import Problem
 from .settings import Settings
+from .signer import QuerySigner
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,27 @@ class PresignedUrl:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AttachmentTarget:
+    """What presigning an attachment needs, computed once per lookup (and then cached)."""
+
+    bucket: str
+    key: str
+    # response-content-disposition and response-content-type, as S3 query parameters.
+    response: dict[str, str]
+
+    @classmethod
+    def from_row(cls, row: Any) -> AttachmentTarget:
+        return cls(
+            row["bucket"],
+            row["object_key"],
+            {
+                "response-content-disposition": content_disposition(row["filename"]),
+                "response-content-type": safe_content_type(row["content_type"]),
+            },
+        )
+
+
 @dataclass(slots=True)
 class Storage:
     """The signing client, or the reason there is none (then every presign is a 503)."""
@@ -45,26 +67,36 @@ class Storage:
     client: Any | None
     unavailable_reason: str | None
     expires_seconds: int
+    signer: QuerySigner | None = None
 
-    async def presign(
-        self, method: str, bucket: str, key: str, filename: str, content_type: str
-    ) -> PresignedUrl:
+    async def presign(self, method: str, target: AttachmentTarget) -> PresignedUrl:
         if self.client is None:
             raise Problem("storage_not_configured")
-        params = {
-            "Bucket": bucket,
-            "Key": key,
-            "ResponseContentDisposition": content_disposition(filename),
-            "ResponseContentType": safe_content_type(content_type),
-        }
         try:
-            url: str = await self.client.generate_presigned_url(
-                OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=self.expires_seconds
-            )
+            if self.signer is not None:
+                now = datetime.now(UTC).replace(microsecond=0)
+                url = await self.signer.presign(
+                    method, target.bucket, target.key, target.response, self.expires_seconds, now
+                )
+                return PresignedUrl(url, now + timedelta(seconds=self.expires_seconds))
+            return await self.presign_with_botocore(method, target)
         except BotoCoreError as exc:
             # e.g. credentials that could not be refreshed; the text stays in our log.
             log.warning("presigning failed: %s", type(exc).__name__)
             raise Problem("service_unavailable") from exc
+
+    async def presign_with_botocore(self, method: str, target: AttachmentTarget) -> PresignedUrl:
+        """aiobotocore's own presigning: the reference the fast signer is held to."""
+        assert self.client is not None
+        params = {
+            "Bucket": target.bucket,
+            "Key": target.key,
+            "ResponseContentDisposition": target.response["response-content-disposition"],
+            "ResponseContentType": target.response["response-content-type"],
+        }
+        url: str = await self.client.generate_presigned_url(
+            OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=self.expires_seconds
+        )
         return PresignedUrl(url, signed_at(url) + timedelta(seconds=self.expires_seconds))
 
 
@@ -78,9 +110,9 @@ class StorageNotConfigured(RuntimeError):
     """No S3 endpoint or region, or no credentials: the message says which."""
 
 
-async def _client_context(settings: Settings, endpoint: str | None) -> Any:
+async def _client_context(settings: Settings, endpoint: str | None, session: Any = None) -> Any:
     """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing."""
-    session = get_session()
+    session = session or get_session()
     region = settings.s3_region or session.get_config_variable("region")
     if not endpoint and not region:
         raise StorageNotConfigured("no S3 endpoint or region configured")
@@ -100,12 +132,18 @@ async def _client_context(settings: Settings, endpoint: str | None) -> Any:
 
 async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> Storage:
     """A Storage whose signing client lives as long as `stack`; none if S3 is not configured."""
+    session = get_session()
     try:
-        context = await _client_context(settings, settings.signing_endpoint_url)
+        context = await _client_context(settings, settings.signing_endpoint_url, session)
     except StorageNotConfigured as exc:
         return Storage(None, str(exc), settings.presign_expires_seconds)
     client = await stack.enter_async_context(context)
-    return Storage(client, None, settings.presign_expires_seconds)
+    signer = None
+    if settings.presigner == "fast":
+        # The same credential chain the client uses (refreshable ones refresh themselves).
+        credentials = await session.get_credentials()
+        signer = QuerySigner(client, credentials, client.meta.region_name)
+    return Storage(client, None, settings.presign_expires_seconds, signer)
 
 
 @contextlib.asynccontextmanager

@@ -230,3 +230,18 @@ def make_attachment(conn: asyncpg.Connection, seaweed: S3Server) -> object:
 @pytest.fixture
 def migrations_dir() -> Path:
     return DEFAULT_MIGRATIONS_DIR
+
+
+@pytest.fixture
+def gateway_env(database_url, seaweed):
+    return {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": database_url,
+        "S3_ENDPOINT_URL": seaweed.endpoint_url,
+        "S3_REGION": seaweed.region,
+        "AWS_ACCESS_KEY_ID": seaweed.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }

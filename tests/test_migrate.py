@@ -82,7 +82,8 @@ def test_the_cli_migrates_and_reports(empty_database):
     env = {"DATABASE_URL": empty_database, "PATH": "/usr/bin:/bin"}
     command = [sys.executable, "-m", "service", "migrate"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    assert "applied 1 migration(s): 0001_init.sql" in first.stdout
+    names = [m.name for m in load_migrations(DEFAULT_MIGRATIONS_DIR)]
+    assert f"applied {len(names)} migration(s): {', '.join(names)}" in first.stdout
     again = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     assert "applied 0 migration(s)" in again.stdout
 

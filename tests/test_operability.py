@@ -78,8 +78,10 @@ async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
     assert sample(text, "gateway_requests_total", route=route, method="GET", status="307") == 3
     assert sample(text, "gateway_requests_total", route=route, method="HEAD", status="307") == 1
     assert sample(text, "gateway_requests_total", route=route, method="GET", status="401") == 3
-    assert sample(text, "gateway_presigned_urls_total", method="GET") == 3
-    assert sample(text, "gateway_presigned_urls_total", method="HEAD") == 1
+    # Signed once, then handed out again within the reuse window.
+    assert sample(text, "gateway_presigned_urls_total", method="GET", source="signed") == 1
+    assert sample(text, "gateway_presigned_urls_total", method="GET", source="reused") == 2
+    assert sample(text, "gateway_presigned_urls_total", method="HEAD", source="signed") == 1
     for reason in ("missing_credentials", "malformed_token", "other_scheme", "insufficient_scope"):
         assert sample(text, "gateway_auth_failures_total", reason=reason) == 1, reason
     # The DELETE matched no route for its method: its label is "unmatched", not its path.

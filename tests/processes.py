@@ -1,0 +1,52 @@
+"""The gateway as a real process, for tests that need one (or two)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from service.seaweed import free_port
+
+
+class Gateway:
+    def __init__(self, env: dict[str, str], *args: str, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        with log.open("wb") as output:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                assert self.process.poll() is None, self.log.read_text()
+                try:
+                    async with session.get(self.url + "/healthz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, self.log.read_text()
+                await asyncio.sleep(0.1)
+
+    def json_lines(self) -> list[dict[str, object]]:
+        lines = self.log.read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)

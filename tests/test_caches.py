@@ -1,0 +1,227 @@
+"""Hot-path caches: they serve, and every instance forgets a change within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import aiohttp
+import pytest
+
+from service.admin import create_key, delete_attachment, revoke_key, set_api_access
+from service.app import create_app
+from service.caches import MISSING, TTLCache
+from service.invalidation import APPLICATION_NAME
+from service.keys import CACHES, DATABASE
+from service.tokens import digest, display_prefix, generate_token
+from tests.processes import Gateway
+
+
+def test_ttl_cache_is_lru_and_expires(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    cache = TTLCache(size=2, ttl=10)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # "a" is now the most recent
+    cache.put("c", 3)
+    assert cache.get("b") is MISSING and cache.get("a") == 1 and cache.get("c") == 3
+    clock[0] += 10.5
+    assert cache.get("a") is MISSING
+    assert TTLCache(size=0, ttl=10).get("x") is MISSING
+
+
+async def wait_until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def status_of(url, token, method="GET"):
+    async with aiohttp.ClientSession() as session:
+        async with session.request(
+            method, url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False
+        ) as response:
+            return response.status, response.headers.get("Location")
+
+
+@pytest.fixture
+async def two_gateways(gateway_env, tmp_path):
+    gateways = [Gateway(gateway_env, log=tmp_path / f"gateway{i}.log") for i in range(2)]
+    try:
+        await asyncio.gather(*(g.wait_ready() for g in gateways))
+        for gateway in gateways:  # caches on: the invalidation listener is connected
+            await wait_until(lambda g=gateway: metric_is(g, "gateway_cache_live", 1.0))
+        yield gateways
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+async def metric_is(gateway, name, value):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/metrics") as response:
+            return f"{name} {value}" in await response.text()
+
+
+async def time_to_stop(gateways, path, token, expected):
+    """Seconds until every instance answers `expected` for `path`."""
+    started = time.monotonic()
+    for gateway in gateways:
+        await wait_until(
+            lambda g=gateway: _answers(g.url + path, token, expected), timeout=5
+        )  # fmt: skip
+    return time.monotonic() - started
+
+
+async def _answers(url, token, expected):
+    return (await status_of(url, token))[0] == expected
+
+
+async def warm(gateways, path, token):
+    for gateway in gateways:
+        for _ in range(3):
+            assert (await status_of(gateway.url + path, token))[0] == 307
+
+
+async def test_revocation_reaches_every_instance_within_a_second(
+    two_gateways, conn, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
+    await warm(two_gateways, path, tenant.read_token)
+    assert await revoke_key(conn, tenant.read_key_id)
+    assert await time_to_stop(two_gateways, path, tenant.read_token, 401) < 1.0
+
+
+async def test_removed_entitlement_reaches_every_instance_within_a_second(
+    two_gateways, conn, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
+    await warm(two_gateways, path, tenant.read_token)
+    assert await set_api_access(conn, tenant.workspace_id, False)
+    assert await time_to_stop(two_gateways, path, tenant.read_token, 403) < 1.0
+
+
+async def test_deleted_attachment_stops_on_every_instance_within_a_second(
+    two_gateways, conn, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}/download"
+    await warm(two_gateways, path, tenant.read_token)
+    assert await delete_attachment(conn, attachment_id)
+    assert await time_to_stop(two_gateways, path, tenant.read_token, 404) < 1.0
+
+
+async def test_a_key_created_after_being_refused_works_within_a_second(
+    two_gateways, conn, make_tenant, make_attachment
+):
+    """Unknown tokens are cached as unknown; the INSERT's notification clears that."""
+    tenant = await make_tenant()
+    path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
+    token = generate_token()
+    for gateway in two_gateways:
+        for _ in range(2):
+            assert (await status_of(gateway.url + path, token))[0] == 401
+    await conn.execute(
+        "INSERT INTO api_keys (workspace_id, display_prefix, token_digest, scope)"
+        " VALUES ($1, $2, $3, 'read')",
+        tenant.workspace_id,
+        display_prefix(token),
+        digest(token),
+    )
+    assert await time_to_stop(two_gateways, path, token, 307) < 1.0
+
+
+async def test_without_the_listener_caches_are_bypassed_then_come_back(
+    client, conn, make_tenant, make_attachment
+):
+    app = client.app
+    caches = app[CACHES]
+    await wait_until(lambda: _true(caches.live))
+    tenant = await make_tenant()
+    path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
+    assert (await client.get(path, headers=tenant.auth(), allow_redirects=False)).status == 307
+    assert len(caches.keys) >= 1
+    flushes = caches.flushes
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        APPLICATION_NAME,
+    )
+    # The loss is noticed and the caches flushed (then flushed again on reconnecting,
+    # since notifications sent meanwhile are lost).
+    await wait_until(lambda: _true(caches.flushes > flushes))
+    assert await revoke_key(conn, tenant.read_key_id)
+    assert (await client.get(path, headers=tenant.auth(), allow_redirects=False)).status == 401
+    await wait_until(lambda: _true(caches.live))  # reconnected by itself
+    assert caches.flushes >= flushes + 2
+
+
+async def _true(value):
+    return value
+
+
+async def test_urls_are_reused_within_the_window_and_not_beyond(
+    serve_app, settings, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}/download"
+
+    async def two_locations(client):
+        await wait_until(lambda: _true(client.app[CACHES].live))
+        first = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+        await asyncio.sleep(1.1)  # a new X-Amz-Date second
+        second = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+        return (first.headers["Location"], await first.json()), (
+            second.headers["Location"],
+            await second.json(),
+        )
+
+    reusing = await serve_app(create_app(settings))
+    (first, first_body), (second, second_body) = await two_locations(reusing)
+    assert first == second and first_body == second_body  # the true expiry, unchanged
+
+    fresh = await serve_app(create_app(replace(settings, url_reuse_seconds=0)))
+    (first, first_body), (second, second_body) = await two_locations(fresh)
+    assert first != second and first_body != second_body
+
+
+async def test_a_cached_key_still_expires_on_time(client, conn, make_tenant, make_attachment):
+    from datetime import UTC, datetime, timedelta
+
+    tenant = await make_tenant()
+    path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
+    await wait_until(lambda: _true(client.app[CACHES].live))
+    key = await create_key(
+        conn, tenant.workspace_id, expires_at=datetime.now(UTC) + timedelta(seconds=1.5)
+    )
+    headers = {"Authorization": f"Bearer {key.token}"}
+    assert (await client.get(path, headers=headers, allow_redirects=False)).status == 307
+    await asyncio.sleep(1.6)
+    assert (await client.get(path, headers=headers, allow_redirects=False)).status == 401
+
+
+async def test_one_query_on_a_cold_download(serve_app, settings, make_tenant, make_attachment):
+    """Key, entitlement and attachment come back in one round trip when nothing is cached."""
+    app = create_app(replace(settings, db_pool_max_size=1))
+    client = await serve_app(app)
+    await wait_until(lambda: _true(app[CACHES].live))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}/download"
+    await client.get("/api/v1/anything", headers={"Authorization": "Bearer " + generate_token()})
+    logged = []
+    async with app[DATABASE].pool.acquire() as connection:  # the pool's only connection
+        connection.add_query_logger(lambda record: logged.append(record.query))
+    assert (await client.get(path, headers=tenant.auth(), allow_redirects=False)).status == 307
+    lookups = [q for q in logged if "api_keys" in q or "attachments" in q]
+    assert len(lookups) == 1 and "LEFT JOIN attachments" in lookups[0]
+    logged.clear()
+    for _ in range(3):  # warm: nothing at all
+        assert (await client.get(path, headers=tenant.auth(), allow_redirects=False)).status == 307
+    assert [q for q in logged if "api_keys" in q or "attachments" in q] == []
