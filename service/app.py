@@ -10,10 +10,10 @@ from .db import database_context
 from .handlers import download
 from .health import healthz, openapi_handler, readyz
 from .invalidation import invalidation_context
-from .keys import CACHES, METRICS, PUBLIC_PATHS, SETTINGS
-from .logs import install_log_safety
+from .keys import CACHES, METRICS, PUBLIC_PATHS, REQUEST_IDS, SETTINGS
+from .logs import flush_logs_context, install_log_safety
 from .metrics import create_metrics, metrics_handler, metrics_site_context
-from .middlewares import error_middleware
+from .middlewares import RequestIds, error_middleware
 from .settings import Settings
 from .storage import storage_context
 
@@ -30,10 +30,12 @@ def create_app(settings: Settings) -> web.Application:
         urls=TTLCache(settings.url_cache_size, settings.url_reuse_window),
     )
     app[METRICS] = create_metrics(app)
+    app[REQUEST_IDS] = RequestIds()
     # One context per resource; each is closed only if it finished starting.
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
+    app.cleanup_ctx.append(flush_logs_context)
 
     # add_get also answers HEAD, presigned separately for head_object.
     app.router.add_get("/api/v1/attachments/{id}/download", download, name="download")

@@ -4,7 +4,6 @@ whenever cross-instance invalidation (Postgres LISTEN/NOTIFY) is not known to wo
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -64,8 +63,9 @@ class HotPathCaches:
     """
 
     keys: TTLCache[bytes, Any]  # token digest -> KeyGrant, or None for "no such live key"
-    attachments: TTLCache[uuid.UUID, Any]  # id -> (workspace id, target or None)
-    urls: TTLCache[tuple[uuid.UUID, str], Any]  # (attachment id, method) -> PresignedUrl
+    # Attachments by canonical id text (as in the URL: no parsing on a hit).
+    attachments: TTLCache[str, Any]  # id -> (workspace id, target or None)
+    urls: TTLCache[tuple[str, str], Any]  # (attachment id, method) -> PresignedUrl
     live: bool = False
     # Bumped by every invalidation: a lookup that started before one must not store its
     # (possibly stale) answer.
@@ -79,7 +79,7 @@ class HotPathCaches:
         self.generation += 1
         self.flushes += 1
 
-    def forget_attachment(self, attachment_id: uuid.UUID) -> None:
+    def forget_attachment(self, attachment_id: str) -> None:
         self.attachments.pop(attachment_id)
         for method in ("GET", "HEAD"):
             self.urls.pop((attachment_id, method))

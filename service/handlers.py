@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 
@@ -24,41 +23,47 @@ def canonical_uuid(raw: str) -> uuid.UUID | None:
 
 
 async def attachment_target(
-    request: web.Request, attachment_id: uuid.UUID, workspace_id: uuid.UUID
-) -> AttachmentTarget | None:
-    """The caller's attachment: fetched with the key, cached, or looked up now."""
+    request: web.Request, raw_id: str, workspace_id: uuid.UUID
+) -> tuple[str, AttachmentTarget | None]:
+    """The caller's attachment (and its canonical id): fetched with the key, cached, or
+    looked up now. An id that is not a UUID is the same 404 as a missing one, no query."""
     prefetched = request.get(PREFETCHED, MISSING)
     if prefetched is not MISSING:
-        return prefetched  # type: ignore[no-any-return]
+        return raw_id.lower(), prefetched
     caches = request.app[CACHES]
     if caches.live:
-        cached = caches.attachments.get(attachment_id)
+        cached = caches.attachments.get(raw_id)
         # Cached for another workspace's caller: that says nothing about this one.
         if cached is not MISSING and cached[0] == workspace_id:
-            return cached[1]  # type: ignore[no-any-return]
+            return raw_id, cached[1]
+    attachment_id = canonical_uuid(raw_id)
+    if attachment_id is None:
+        raise Problem("not_found")
+    canonical = str(attachment_id)
     generation = caches.generation
     row = await find_attachment(request.app[DATABASE], attachment_id, workspace_id)
     target = AttachmentTarget.from_row(row) if row is not None else None
     if caches.live and caches.generation == generation:
-        caches.attachments.put(attachment_id, (workspace_id, target))
-    return target
+        caches.attachments.put(canonical, (workspace_id, target))
+    return canonical, target
 
 
 async def presigned_url(
-    request: web.Request, attachment_id: uuid.UUID, target: AttachmentTarget
+    request: web.Request, attachment_id: str, target: AttachmentTarget
 ) -> PresignedUrl:
     """A URL signed for this method: a fresh one, or one signed within the reuse window
     (its true expiry travels with it)."""
     caches = request.app[CACHES]
+    metrics = request.app[METRICS]
     cache_key = (attachment_id, request.method)
     if caches.live:
         reused = caches.urls.get(cache_key)
         if reused is not MISSING:
-            request.app[METRICS].presigns.labels(request.method, "reused").inc()
+            metrics.count_presign(request.method, "reused")
             return reused  # type: ignore[no-any-return]
     generation = caches.generation
     presigned = await request.app[STORAGE].presign(request.method, target)
-    request.app[METRICS].presigns.labels(request.method, "signed").inc()
+    metrics.count_presign(request.method, "signed")
     if caches.live and caches.generation == generation:
         caches.urls.put(cache_key, presigned)
     return presigned
@@ -66,20 +71,18 @@ async def presigned_url(
 
 async def download(request: web.Request) -> web.Response:
     """307 to a presigned URL for the caller's attachment, signed for this method."""
-    attachment_id = canonical_uuid(request.match_info["id"])
-    if attachment_id is None:
-        raise Problem("not_found")  # the same 404 as a missing attachment; no query made
-    target = await attachment_target(request, attachment_id, request[PRINCIPAL].workspace_id)
+    raw_id = request.match_info["id"]
+    attachment_id, target = await attachment_target(
+        request, raw_id, request[PRINCIPAL].workspace_id
+    )
     if target is None:
         raise Problem("not_found")
     presigned = await presigned_url(request, attachment_id, target)
-    expires_at = presigned.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through
-    # yarl and break the signature (aio-libs/aiohttp#4307). The body leaves the URL
-    # out so that its signature only ever travels in the one header.
+    # yarl and break the signature (aio-libs/aiohttp#4307). The body, {"expires_at"},
+    # leaves the URL out so that its signature only ever travels in the one header.
     return web.Response(
         status=307,
-        headers={"Location": presigned.url},
-        body=json.dumps({"expires_at": expires_at}).encode(),
-        content_type="application/json",
+        headers={"Location": presigned.url, "Content-Type": "application/json"},
+        body=presigned.body,
     )

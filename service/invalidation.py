@@ -38,7 +38,7 @@ def apply_notification(caches: HotPathCaches, payload: str) -> None:
         if kind == "key":
             caches.keys.pop(bytes.fromhex(value))
         elif kind == "attachment":
-            caches.forget_attachment(uuid.UUID(value))
+            caches.forget_attachment(str(uuid.UUID(value)))
         else:  # a workspace (its entitlement) or anything unknown: forget all keys
             caches.keys.clear()
     except ValueError:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .caches import HotPathCaches
     from .db import Database
     from .metrics import Metrics
+    from .middlewares import RequestIds
     from .settings import Settings
     from .storage import AttachmentTarget, Storage
 
@@ -21,6 +22,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 CACHES: web.AppKey[HotPathCaches] = web.AppKey("caches")
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey[frozenset[str]]("public_paths")
+REQUEST_IDS: web.AppKey[RequestIds] = web.AppKey("request_ids")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

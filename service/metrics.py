@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -17,6 +18,10 @@ from .keys import CACHES, DATABASE, METRICS, SETTINGS
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
+# Methods are labelled as themselves only when known: a client can send any token.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
     registry: CollectorRegistry
@@ -24,6 +29,28 @@ class Metrics:
     latency: Histogram
     presigns: Counter
     auth_failures: Counter
+    # Labelled children, looked up once: labels() validates and locks on every call.
+    _children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def count_presign(self, method: str, source: str) -> None:
+        key = ("presign", method, source)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.presigns.labels(method, source)
+        child.inc()
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, str(status))
+        children = self._children.get(key)
+        if children is None:
+            if method not in KNOWN_METHODS:
+                method = "other"
+            children = self._children[key] = (
+                self.requests.labels(route, method, key[2]),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def create_metrics(app: web.Application) -> Metrics:

@@ -8,6 +8,7 @@ rewritten for clients afterwards. Presigning needs no network round trip.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
 class PresignedUrl:
     url: str
     expires_at: datetime
+    # The 307's JSON body, made once: a reused URL reuses its body too.
+    body: bytes = b""
+
+    @classmethod
+    def of(cls, url: str, expires_at: datetime) -> PresignedUrl:
+        body = json.dumps({"expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+        return cls(url, expires_at, body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +86,7 @@ class Storage:
                 url = await self.signer.presign(
                     method, target.bucket, target.key, target.response, self.expires_seconds, now
                 )
-                return PresignedUrl(url, now + timedelta(seconds=self.expires_seconds))
+                return PresignedUrl.of(url, now + timedelta(seconds=self.expires_seconds))
             return await self.presign_with_botocore(method, target)
         except BotoCoreError as exc:
             # e.g. credentials that could not be refreshed; the text stays in our log.
@@ -97,7 +105,7 @@ class Storage:
         url: str = await self.client.generate_presigned_url(
             OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=self.expires_seconds
         )
-        return PresignedUrl(url, signed_at(url) + timedelta(seconds=self.expires_seconds))
+        return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=self.expires_seconds))
 
 
 def signed_at(url: str) -> datetime:

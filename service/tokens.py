@@ -59,6 +59,11 @@ def parse_token(candidate: str) -> bytes | None:
     return digest(raw)
 
 
+def token_digest(candidate: str) -> bytes:
+    """SHA-256 of whatever the client sent, for cache lookups; never raises."""
+    return hashlib.sha256(candidate.encode("utf-8", "surrogateescape")).digest()
+
+
 def digest(token: bytes | str) -> bytes:
     """SHA-256 of the whole token: the only form in which a token is stored."""
     if isinstance(token, str):
