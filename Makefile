@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: dev test lint migrate serve clean
+.PHONY: dev test lint bench migrate serve clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ dev: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/pytest
+
+# The benchmark of bench/run.py (about 6 minutes): results in bench/results/.
+bench: $(INSTALLED)
+	$(BIN)/pip install --quiet 'matplotlib>=3.8'
+	$(BIN)/python -m bench.run
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check service tests

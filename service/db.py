@@ -96,6 +96,14 @@ async def find_attachment(
     return await db.fetchrow(LIVE_ATTACHMENT_OF_WORKSPACE, attachment_id, workspace_id)
 
 
+async def reset_after_use(conn: asyncpg.Connection) -> None:
+    """asyncpg's default reset costs a round trip on every release (UNLISTEN, RESET ALL...).
+    The request path only runs single statements, which leave no transaction, cursor,
+    LISTEN or setting behind; anything else gets the full reset."""
+    if conn.is_in_transaction():
+        await conn.reset()
+
+
 async def database_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # min_size=0 by default, so the service starts (and answers 401/404/503) even
@@ -106,6 +114,7 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.db_pool_max_size,
         timeout=settings.db_connect_timeout,
         command_timeout=settings.db_statement_timeout,
+        reset=reset_after_use,
     )
     app[DATABASE] = Database(pool, settings.db_acquire_timeout)
     yield

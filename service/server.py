@@ -17,6 +17,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 4096
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop when it is installed (it is a dependency on Linux), else asyncio's."""
@@ -49,6 +51,8 @@ def serve(
         reuse_port=reuse_port or None,
         access_log_class=AccessLogger,
         shutdown_timeout=settings.shutdown_grace_seconds,
+        # aiohttp defaults to 128: a burst of new connections would wait for SYN retries.
+        backlog=LISTEN_BACKLOG,
         # run_app calls `print` once its sites listen: the moment to announce readiness.
         print=(lambda _message: on_listening()) if on_listening else None,
         loop=new_event_loop(),

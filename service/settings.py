@@ -24,7 +24,7 @@ class SettingsError(ValueError):
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     db_pool_min_size: int = 0
-    db_pool_max_size: int = 10
+    db_pool_max_size: int = 32
     db_connect_timeout: float = 2.0
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 2.0

@@ -33,6 +33,7 @@ _VALUE_SAFE = "-_.~"
 # when they come within its advisory window (15 minutes) of expiry.
 CREDENTIALS_RECHECK_SECONDS = 60.0
 _PROBE_KEY = "k"
+ENCODING_MEMO_SIZE = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ class QuerySigner:
         self._signing_secret = ""
         self._signing_key = b""
         self._scope_tail = f"/{region}/s3/aws4_request"
+        # Percent-encodings of keys and response values: the same few recur per attachment.
+        self._encoded: dict[tuple[str, str], str] = {}
 
     async def prepare(self, bucket: str) -> BucketPrefix:
         """The bucket's URL prefix, asked of aiobotocore the first time."""
@@ -125,7 +128,7 @@ class QuerySigner:
             self._signing_key = self._derive_key(credentials.secret_key, date)
             self._signing_secret = credentials.secret_key
 
-        query = [(name, quote(value, safe=_VALUE_SAFE)) for name, value in params.items()]
+        query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params.items()]
         operation = "&".join(f"{name}={value}" for name, value in query)
         scope = f"{credentials.access_key}/{date}{self._scope_tail}"
         auth = [
@@ -139,7 +142,7 @@ class QuerySigner:
             auth.append(("X-Amz-Security-Token", quote(credentials.token, safe=_VALUE_SAFE)))
         authentication = "&".join(f"{name}={value}" for name, value in auth)
 
-        encoded_key = quote(key, safe=_KEY_SAFE)
+        encoded_key = self._quote(key, _KEY_SAFE)
         canonical_query = "&".join(f"{name}={value}" for name, value in sorted(query + auth))
         canonical_request = (
             f"{method}\n{prefix.path}{encoded_key}\n{canonical_query}\n"
@@ -152,6 +155,14 @@ class QuerySigner:
         signature = hmac.digest(self._signing_key, string_to_sign.encode(), "sha256").hex()
         query_string = f"{operation}&{authentication}" if operation else authentication
         return f"{prefix.url}{encoded_key}?{query_string}&X-Amz-Signature={signature}"
+
+    def _quote(self, value: str, safe: str) -> str:
+        encoded = self._encoded.get((value, safe))
+        if encoded is None:
+            if len(self._encoded) >= ENCODING_MEMO_SIZE:
+                self._encoded.clear()  # bounded; refilled by the next requests
+            encoded = self._encoded[(value, safe)] = quote(value, safe=safe)
+        return encoded
 
     def _derive_key(self, secret_key: str, date: str) -> bytes:
         key = hmac.digest(f"AWS4{secret_key}".encode(), date.encode(), "sha256")

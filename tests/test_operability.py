@@ -90,7 +90,7 @@ async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
         == 1
     )
     assert sample(text, "gateway_request_duration_seconds_count", route=route) == 7
-    assert sample(text, "gateway_db_pool_connections", state="max") == 10
+    assert sample(text, "gateway_db_pool_connections", state="max") == 32
     assert sample(text, "gateway_db_pool_connections", state="open") >= 1
     assert attachment_id.hex not in text and str(attachment_id) not in text
     assert "ixk_" not in text and "X-Amz" not in text

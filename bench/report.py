@@ -1,0 +1,87 @@
+"""Turn a bench run into bench/results/latest.{json,md,png}."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _run(results: dict[str, Any], server: str, workload: str, connections: int) -> dict[str, Any]:
+    for run in results["runs"]:
+        if (run["server"], run["workload"], run["connections"]) == (server, workload, connections):
+            return run  # type: ignore[no-any-return]
+    return {}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"Run {results['date']} on {results['machine']}; {results['seconds_per_run']} s per run. "
+        "`gateway` runs without access logs like the other two; `gateway+log` writes one "
+        "JSON access line per request, as shipped.",
+        "",
+        "| workload | conns | server | req/s | p50 ms | p99 ms | errors | RSS MB | bad Locations |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        lines.append(
+            f"| {run['workload']} | {run['connections']} | {run['server']} | {run['rps']:,} | "
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | {run['rss_mb']} | "
+            f"{run['location_mismatches'] if run['server'] != 'ceiling' else '–'} |"
+        )
+    lines += ["", "| workload | conns | gateway / ceiling | gateway / naive |", "|---|---|---|---|"]
+    for workload in ("warm", "cold"):
+        for connections in (64, 1024):
+            gateway = _run(results, "gateway", workload, connections).get("rps", 0)
+            ceiling = _run(results, "ceiling", workload, connections).get("rps", 0)
+            naive = _run(results, "naive", workload, connections).get("rps", 0)
+            lines.append(
+                f"| {workload} | {connections} | {gateway / ceiling if ceiling else 0:.2f} | "
+                f"{gateway / naive if naive else 0:.1f} |"
+            )
+    presign = results["presign"]
+    lines += [
+        "",
+        f"Presigning alone: aiobotocore {presign['aiobotocore_us']} µs per URL, the gateway's "
+        f"signer {presign['gateway_us']} µs ({presign['speedup']}× faster); "
+        f"{presign['gateway_unseen_us']} µs for keys and filenames it has not encoded before.",
+    ]
+    if "idle" in results:
+        idle = results["idle"]
+        lines.append(
+            f"{idle['connections']:,} idle keep-alive connections: gateway RSS "
+            f"{idle['rss_before_mb']} MB → {idle['rss_after_mb']} MB "
+            f"(+{idle['rss_after_mb'] - idle['rss_before_mb']:.1f} MB)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(w, c) for w in ("warm", "cold") for c in (64, 1024)]
+    servers = ("ceiling", "naive", "gateway", "gateway+log")
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    width = 0.2
+    for offset, server in enumerate(servers):
+        values = [_run(results, server, w, c).get("rps", 0) for w, c in groups]
+        positions = [i + (offset - 1.5) * width for i in range(len(groups))]
+        axis.bar(positions, values, width, label=server)
+    axis.set_xticks(range(len(groups)), [f"{w}\n{c} conns" for w, c in groups])
+    axis.set_ylabel("requests / s")
+    axis.set_title("GET /api/v1/attachments/{id}/download (one server process)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_reports(results: dict[str, Any], directory: Path) -> str:
+    text = markdown(results)
+    (directory / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (directory / "latest.md").write_text(text)
+    chart(results, directory / "latest.png")
+    return text

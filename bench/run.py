@@ -1,0 +1,400 @@
+"""`make bench`: the gateway against its ceiling and a naive build, on this machine.
+
+One run starts, one at a time and on the same data: (1) the ceiling, bare aiohttp
+answering the route with a constant 307; (2) the naive build (two queries and aiobotocore
+per request); (3) the gateway. Servers are pinned to CPU 0 and wrk to CPU 1 when taskset
+exists. Workloads: warm (10,000 attachments, 100 keys) and cold (1,000,000 attachments),
+each at 64 and 1,024 connections; then 5,000 idle keep-alive connections held against
+the gateway; then a microbenchmark of presigning alone. A sample of every server's
+Locations is checked against botocore's own signer. Results go to bench/results/.
+
+Everything listens on 127.0.0.1; no request leaves the machine. Presigning needs no S3
+server: the URLs point at an address nothing listens on and are verified by recomputing
+them, not by fetching them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import botocore.auth
+import botocore.session
+from botocore.config import Config
+
+from service.disposition import content_disposition
+from service.migrate import apply_migrations
+from service.seaweed import free_port
+from service.settings import DEFAULT_MIGRATIONS_DIR
+from service.tokens import digest, display_prefix, generate_token
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ENDPOINT = "http://127.0.0.1:9"  # discard port: URLs are verified, never fetched
+REGION = "us-east-1"
+ACCESS_KEY, SECRET_KEY = "AKIABENCHMARK0000001", "bench-secret-key-not-a-real-one-000000000"
+ID_FORMAT = "00000000-0000-4000-8000-{:012x}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    attachments: int
+    workspaces: int  # one key each
+
+    @property
+    def per_workspace(self) -> int:
+        return self.attachments // self.workspaces
+
+
+WORKLOADS = (Workload("warm", 10_000, 100), Workload("cold", 1_000_000, 100))
+# "gateway" runs, like the other two, without access logs (LOG_LEVEL=WARNING): the same
+# server settings; "gateway+log" is the gateway as shipped, one JSON access line a request.
+SERVERS = ("ceiling", "naive", "gateway", "gateway+log")
+WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
+
+
+def server_env(database_url: str, log_level: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": database_url,
+        "S3_ENDPOINT_URL": ENDPOINT,
+        "S3_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "LOG_LEVEL": log_level,
+        "PYTHONPATH": str(HERE.parent),
+    }
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command] if shutil.which("taskset") else command
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (Debian package) ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("bench: wrk is missing; install it (Debian/Ubuntu: apt-get install wrk)")
+    return found
+
+
+async def load_data(dsn: str, workload: Workload) -> list[str]:
+    """Fresh rows with predictable ids; returns the keys' tokens, one per workspace."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        # Bulk load without the invalidation triggers (no gateway listens yet).
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("TRUNCATE workspaces CASCADE")
+        await conn.execute(
+            """INSERT INTO workspaces (id, name)
+               SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(w), 12, '0'))::uuid,
+                      'bench ' || w FROM generate_series(0, $1 - 1) w""",
+            workload.workspaces,
+        )
+        await conn.execute(
+            """INSERT INTO attachments (id, workspace_id, bucket, object_key, filename,
+                                        content_type, size_bytes)
+               SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+                      ('00000000-0000-4000-9000-' || lpad(to_hex(i / $2), 12, '0'))::uuid,
+                      'attachments', 'objects/' || i, 'report ' || i || '.pdf',
+                      'application/pdf', 1000
+               FROM generate_series(0, $1 - 1) i""",
+            workload.attachments,
+            workload.per_workspace,
+        )
+        tokens = [generate_token() for _ in range(workload.workspaces)]
+        await conn.executemany(
+            """INSERT INTO api_keys (workspace_id, display_prefix, token_digest, scope)
+               VALUES (('00000000-0000-4000-9000-' || lpad(to_hex($1::int), 12, '0'))::uuid,
+                       $2, $3, 'read')""",
+            [(w, display_prefix(t), digest(t)) for w, t in enumerate(tokens)],
+        )
+        await conn.execute("SET session_replication_role = DEFAULT")
+        # Settle the fresh table now (hint bits, visibility map, statistics, a checkpoint)
+        # rather than under autovacuum in the middle of a measured run.
+        await conn.execute("VACUUM (ANALYZE) attachments, api_keys, workspaces")
+        await conn.execute("CHECKPOINT")
+        return tokens
+    finally:
+        await conn.close()
+
+
+def lua_data(path: Path, workload: Workload, tokens: list[str]) -> None:
+    keys = ", ".join(f'"{t}"' for t in tokens)
+    path.write_text(
+        f"return {{ keys = {{ {keys} }}, count = {workload.attachments}, "
+        f"per_workspace = {workload.per_workspace} }}\n"
+    )
+
+
+def start_server(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    if name.startswith("gateway"):
+        command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
+    else:
+        command = [sys.executable, str(HERE / f"{name}.py"), str(port)]
+    return subprocess.Popen(
+        pinned(0, command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await asyncio.sleep(1.0)  # let the gateway's listener switch the caches on
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server (the python process under taskset)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_wrk(wrk: str, port: int, connections: int, seconds: int, data: Path) -> dict[str, Any]:
+    threads = 1 if connections <= 64 else 2
+    command = pinned(1, [
+        wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+        "-s", str(HERE / "wrk.lua"), f"http://127.0.0.1:{port}",
+    ])  # fmt: skip
+    output = subprocess.run(
+        command, env={**os.environ, "BENCH_DATA": str(data)}, capture_output=True, text=True,
+        check=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    line = next(x for x in output.splitlines() if x.startswith("BENCH "))
+    stats = json.loads(line[6:])
+    seconds_measured = stats["duration_us"] / 1e6
+    errors = sum(stats[k] for k in ("status_errors", "connect_errors", "read_errors",
+                                    "write_errors", "timeouts"))  # fmt: skip
+    return {
+        "rps": round(stats["requests"] / seconds_measured),
+        "p50_ms": stats["p50_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+        "errors": errors,
+        "error_kinds": {k: stats[k] for k in ("status_errors", "connect_errors", "read_errors",
+                                              "write_errors", "timeouts") if stats[k]},
+        "requests": stats["requests"],
+    }
+
+
+def botocore_client() -> Any:
+    return botocore.session.get_session().create_client(
+        "s3", region_name=REGION, endpoint_url=ENDPOINT, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )  # fmt: skip
+
+
+async def verify_locations(port: int, workload: Workload, tokens: list[str], n: int) -> int:
+    """Fetch n redirects and recompute each Location with botocore: mismatches."""
+    import aiohttp
+    from urllib.parse import parse_qs, urlsplit
+
+    client = botocore_client()
+    bad = 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            i = random.randrange(workload.attachments)
+            token = tokens[i // workload.per_workspace]
+            url = f"http://127.0.0.1:{port}/api/v1/attachments/{ID_FORMAT.format(i)}/download"
+            async with session.get(url, headers={"Authorization": f"Bearer {token}"},
+                                   allow_redirects=False) as response:  # fmt: skip
+                location = response.headers.get("Location", "")
+            amz_date = parse_qs(urlsplit(location).query).get("X-Amz-Date", [""])[0]
+            if response.status != 307 or not amz_date:
+                bad += 1
+                continue
+            at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ")
+            original = botocore.auth.get_current_datetime
+            botocore.auth.get_current_datetime = lambda at=at: at
+            try:
+                expected = client.generate_presigned_url("get_object", Params={
+                    "Bucket": "attachments", "Key": f"objects/{i}",
+                    "ResponseContentDisposition": content_disposition(f"report {i}.pdf"),
+                    "ResponseContentType": "application/pdf",
+                }, ExpiresIn=900)  # fmt: skip
+            finally:
+                botocore.auth.get_current_datetime = original
+            bad += location != expected
+    return bad
+
+
+async def hold_idle_connections(port: int, count: int) -> int:
+    """Open `count` keep-alive connections, one request each, and keep them open."""
+    writers = []
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await writer.drain()
+            await reader.readuntil(b'{"status": "ok"}')
+            writers.append(writer)
+        await asyncio.sleep(1.0)
+        return len(writers)
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+async def presign_microbenchmark() -> dict[str, float]:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    from service.signer import QuerySigner
+
+    os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    session = get_session()
+    config = AioConfig(signature_version="s3v4", s3={"addressing_style": "path"})
+    response = {
+        "response-content-disposition": content_disposition("report 1.pdf"),
+        "response-content-type": "application/pdf",
+    }
+    params = {"Bucket": "attachments", "Key": "objects/1",
+              "ResponseContentDisposition": response["response-content-disposition"],
+              "ResponseContentType": "application/pdf"}  # fmt: skip
+    async with session.create_client(
+        "s3", region_name=REGION, endpoint_url=ENDPOINT, config=config
+    ) as client:
+        signer = QuerySigner(client, await session.get_credentials(), REGION)
+        await signer.presign("GET", "attachments", "objects/1", response, 900)
+        n = 2000
+        started = time.perf_counter()
+        for _ in range(n):
+            await client.generate_presigned_url("get_object", Params=params, ExpiresIn=900)
+        aiobotocore_us = (time.perf_counter() - started) / n * 1e6
+        n = 50_000
+        started = time.perf_counter()
+        for _ in range(n):
+            await signer.presign("GET", "attachments", "objects/1", response, 900)
+        fast_us = (time.perf_counter() - started) / n * 1e6
+        # Never-seen keys and filenames: nothing memoized.
+        targets = [
+            (f"objects/{i}", {"response-content-disposition": content_disposition(f"r{i}.pdf"),
+                              "response-content-type": "application/pdf"})
+            for i in range(n)
+        ]  # fmt: skip
+        started = time.perf_counter()
+        for key, fresh in targets:
+            await signer.presign("GET", "attachments", key, fresh, 900)
+        fresh_us = (time.perf_counter() - started) / n * 1e6
+    return {"aiobotocore_us": round(aiobotocore_us, 1), "gateway_us": round(fast_us, 2),
+            "gateway_unseen_us": round(fresh_us, 2),
+            "speedup": round(aiobotocore_us / fast_us, 1)}  # fmt: skip
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    wrk = ensure_wrk()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    workdir = HERE / ".work"
+    workdir.mkdir(exist_ok=True)
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "seconds_per_run": args.seconds,
+        "runs": [],
+    }  # fmt: skip
+    print("presign microbenchmark ...", flush=True)
+    results["presign"] = await presign_microbenchmark()
+    print(f"  {results['presign']}", flush=True)
+
+    database_url, stop_database = await database(args, workdir)
+    try:
+        await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
+        for workload in WORKLOADS:
+            print(f"loading {workload.name}: {workload.attachments:,} attachments ...", flush=True)
+            tokens = await load_data(database_url, workload)
+            data = workdir / f"{workload.name}.lua"
+            lua_data(data, workload, tokens)
+            for name in SERVERS:
+                port = free_port()
+                level = "INFO" if name == "gateway+log" else "WARNING"
+                process = start_server(name, port, server_env(database_url, level))
+                try:
+                    await wait_listening(port, process)
+                    # Warm-up: pools, caches, code paths.
+                    run_wrk(wrk, port, 64, WARM_UP_SECONDS[workload.name], data)
+                    mismatches = 0
+                    if name != "ceiling":
+                        mismatches = await verify_locations(port, workload, tokens, args.verify)
+                    for connections in (64, 1024):
+                        stats = run_wrk(wrk, port, connections, args.seconds, data)
+                        stats.update(server=name, workload=workload.name,
+                                     connections=connections, rss_mb=round(rss_mb(process.pid), 1),
+                                     location_mismatches=mismatches)  # fmt: skip
+                        results["runs"].append(stats)
+                        print(f"  {name:8} {workload.name} c={connections:<5} {stats}", flush=True)
+                    if name == "gateway" and workload.name == "cold":
+                        before = rss_mb(process.pid)
+                        held = await hold_idle_connections(port, args.idle)
+                        results["idle"] = {"connections": held, "rss_before_mb": round(before, 1),
+                                           "rss_after_mb": round(rss_mb(process.pid), 1)}  # fmt: skip
+                        print(f"  idle keep-alive: {results['idle']}", flush=True)
+                finally:
+                    process.terminate()
+                    process.wait(20)
+    finally:
+        stop_database()
+    return results
+
+
+async def database(args: argparse.Namespace, workdir: Path) -> tuple[str, Any]:
+    if args.database_url:
+        return args.database_url, lambda: None
+    import pgserver
+
+    shutil.rmtree(workdir / "pg", ignore_errors=True)
+    server = pgserver.get_server(workdir / "pg", cleanup_mode="delete")
+    return server.get_uri(), server.cleanup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--verify", type=int, default=200, help="Locations checked per server")
+    parser.add_argument("--idle", type=int, default=5000, help="idle keep-alive connections")
+    parser.add_argument("--database-url", help="use this Postgres instead of an embedded one")
+    args = parser.parse_args()
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    results = asyncio.run(bench(args))
+    from bench.report import write_reports
+
+    RESULTS.mkdir(exist_ok=True)
+    print(write_reports(results, RESULTS))
+
+
+if __name__ == "__main__":
+    main()
