@@ -26,11 +26,10 @@ from .admin import (
     workspace_exists,
 )
 from .settings import Settings
-from .storage import internal_client
+from .storage import BUCKET_ALREADY_THERE, internal_client
 
 DEMO_FILENAME = "hello-gateway.txt"
 DEMO_BODY = b"Hello from attachments-gateway!\nThis file came from S3 through a presigned URL.\n"
-ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +95,7 @@ async def _attachment(
         try:
             await s3.create_bucket(Bucket=bucket)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ALREADY_THERE:
+            if exc.response["Error"]["Code"] not in BUCKET_ALREADY_THERE:
                 raise
         if known and (row := await live_attachment(conn, uuid.UUID(known), workspace_id)):
             try:

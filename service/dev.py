@@ -36,7 +36,7 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
         database_url = stack.enter_context(embedded_postgres(dev_dir / "postgres"))
         print("starting embedded S3 ...", flush=True)
         bucket = Settings.from_env({}).s3_default_bucket
-        s3, kind = stack.enter_context(embedded_s3(dev_dir / "s3", bucket))
+        s3, kind = stack.enter_context(embedded_s3(dev_dir / "s3", bucket, avoid=port))
         os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
         os.environ.pop("AWS_SESSION_TOKEN", None)
@@ -77,11 +77,19 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def embedded_s3(data_dir: Path, bucket: str) -> Iterator[tuple[S3Server, str]]:
-    port = PREFERRED_S3_PORT if port_is_free(PREFERRED_S3_PORT) else free_port()
+def embedded_s3(data_dir: Path, bucket: str, avoid: int) -> Iterator[tuple[S3Server, str]]:
+    """`avoid`: the gateway's port, chosen but not bound yet."""
+    taken = frozenset({avoid})
+    usable = PREFERRED_S3_PORT != avoid and port_is_free(PREFERRED_S3_PORT)
+    port = PREFERRED_S3_PORT if usable else free_port(taken)
     if weed_binary() is not None:
         with run_seaweedfs(
-            data_dir, DEV_ACCESS_KEY, DEV_SECRET_KEY, buckets=(bucket,), s3_port=port
+            data_dir,
+            DEV_ACCESS_KEY,
+            DEV_SECRET_KEY,
+            buckets=(bucket,),
+            s3_port=port,
+            avoid_ports=taken,
         ) as server:
             yield server, "SeaweedFS, checks signatures"
         return

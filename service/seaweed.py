@@ -23,7 +23,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+from .storage import BUCKET_ALREADY_THERE
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +45,21 @@ class S3Server:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(avoid: frozenset[int] = frozenset()) -> int:
+    """A port the kernel says is free now, other than `avoid` (ports promised elsewhere
+    but not bound yet: the kernel would happily hand those out again)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As servers bind: a port in TIME_WAIT from our last run counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -63,18 +70,21 @@ def port_is_free(port: int) -> bool:
 SERVERS = ("master", "volume", "filer", "s3")
 
 
-def _ports(record: Path, s3_port: int | None) -> dict[str, int]:
+def _ports(record: Path, s3_port: int | None, avoid: frozenset[int]) -> dict[str, int]:
     """Every port explicit (weed's default gRPC port is port + 10000, which may not exist),
     and the same ones as last time in this folder when they are free: the master keeps
     the volume server's address from its last run, and reads fail until they agree."""
     wanted = [*SERVERS, *(name + ".grpc" for name in SERVERS)]
     previous: dict[str, int] = json.loads(record.read_text()) if record.exists() else {}
-    ports = {}
+    ports: dict[str, int] = {"s3": s3_port} if s3_port else {}
     for name in wanted:
+        if name in ports:
+            continue
         port = previous.get(name)
-        ports[name] = port if port and port_is_free(port) else free_port()
-    if s3_port:
-        ports["s3"] = s3_port
+        taken = avoid | frozenset(ports.values())
+        if not (port and port not in taken and port_is_free(port)):
+            port = free_port(taken)
+        ports[name] = port
     record.write_text(json.dumps(ports))
     return ports
 
@@ -94,6 +104,7 @@ def run_seaweedfs(
     secret_key: str,
     buckets: tuple[str, ...] = (),
     s3_port: int | None = None,
+    avoid_ports: frozenset[int] = frozenset(),
 ) -> Iterator[S3Server]:
     """SeaweedFS on loopback with one S3 identity, stopped with SIGTERM then SIGKILL."""
     binary = weed_binary()
@@ -111,7 +122,7 @@ def run_seaweedfs(
     os.chmod(config, 0o600)
     data = workdir / "data"
     data.mkdir(exist_ok=True)
-    ports = _ports(workdir / "ports.json", s3_port)
+    ports = _ports(workdir / "ports.json", s3_port, avoid_ports)
     command = [
         binary,
         "server",
@@ -172,7 +183,7 @@ def ensure_bucket(client: object, bucket: str) -> None:
     try:
         client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
     except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ALREADY_THERE:
+        if exc.response["Error"]["Code"] not in BUCKET_ALREADY_THERE:
             raise
 
 

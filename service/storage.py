@@ -29,6 +29,9 @@ from .signer import QuerySigner
 
 log = logging.getLogger(__name__)
 
+# What S3 answers to CreateBucket for a bucket that is already there.
+BUCKET_ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
 # The S3 operation whose signature each HTTP method needs: S3 checks the method,
 # so a GET-signed URL answers 403 to HEAD.
 OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
