@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -77,16 +78,10 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
     def forward(signum: int, frame: FrameType | None) -> None:
         for process in processes:
             if process.is_alive() and process.pid:
-                process.terminate() if signum == signal.SIGTERM else _interrupt(process.pid)
+                os.kill(process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for process in processes:
         process.join()
     return max((process.exitcode or 0) for process in processes)
-
-
-def _interrupt(pid: int) -> None:
-    import os
-
-    os.kill(pid, signal.SIGINT)
