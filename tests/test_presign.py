@@ -71,10 +71,13 @@ def botocore_presign(settings: Settings, location: str, operation: str, params: 
         )
 
 
+@pytest.mark.parametrize("presigner", ["fast", "botocore"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_location_is_byte_for_byte_what_botocore_signs(
-    client, settings, make_tenant, make_attachment, method
+    serve_app, settings, make_tenant, make_attachment, method, presigner
 ):
+    settings = replace(settings, presigner=presigner)
+    client = await serve_app(create_app(settings))
     tenant = await make_tenant()
     filename = 'Ünïcødé report ; "quoted" 100%.pdf'
     key = "dir/with space/plus+tilde~/é.pdf"
