@@ -28,7 +28,7 @@ from .problems import (
     unauthorized,
 )
 from .storage import AttachmentTarget
-from .tokens import parse_token, token_digest
+from .tokens import PREFIX, parse_token, token_digest
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 DOWNLOAD_ROUTE = "download"
@@ -58,6 +58,22 @@ class Principal:
             row["api_access"],
             expires_at,
         )
+
+
+# Query parameters that carry credentials by convention (RFC 6750 §2.3 names the first).
+CREDENTIAL_PARAMETERS = ("access_token", "api_key")
+
+
+def refuse_token_in_query(request: web.Request) -> None:
+    """Credentials in a URL end up in logs, proxies and browser history (RFC 6750 §5.3):
+    such a request is refused outright, even alongside a valid header."""
+    if not request.query_string:
+        return
+    query = request.query
+    if any(name in query for name in CREDENTIAL_PARAMETERS) or any(
+        value.startswith(PREFIX) for value in query.values()
+    ):
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "token_in_query")
 
 
 def bearer_token(request: web.Request) -> str:
@@ -112,6 +128,7 @@ async def lookup_principal(request: web.Request, digest: bytes) -> Principal | N
 
 
 async def authenticate(request: web.Request) -> Principal:
+    refuse_token_in_query(request)
     token = bearer_token(request)
     # Only well-formed tokens are ever cached, so a hit on the digest of the raw token
     # spares the checksum; a miss checks the format before any query.

@@ -15,6 +15,7 @@ from .auth import Handler
 from .keys import METRICS, REQUEST_ID, REQUEST_IDS
 from .metrics import route_label
 from .problems import Problem, problem_for_http_exception, render
+from .tokens import PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class RequestIds:
 
 def request_id_of(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-ID")
-    if incoming is not None and _SANE_REQUEST_ID.match(incoming):
+    # Never one that holds an API token: the id is echoed in bodies and every log line.
+    if incoming is not None and _SANE_REQUEST_ID.match(incoming) and PREFIX not in incoming:
         return incoming
     return request.app[REQUEST_IDS].next()
 

@@ -27,6 +27,8 @@ async def raw_request(host: str, port: int, request: bytes) -> RawResponse:
     finally:
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 1"):  # interim answers (100 Continue): the final one follows
+        head, _, body = body.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {}
     for line in header_lines:

@@ -117,6 +117,7 @@ async def test_metrics_can_move_to_their_own_port(serve_app, settings):
         ("has space", False),
         ("new\\nline", False),
         ("ixk_<script>", False),
+        ("ixk_UmAzQFoLjnBLEejadYD7tssghrtvkWgR2vgMTu", False),  # a token: never echoed
         ("", False),
     ],
 )
@@ -135,12 +136,22 @@ async def test_access_log_lines_carry_context_but_no_query_or_secret(
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
-    response = await client.get(
+    refused = await client.get(
         f"/api/v1/attachments/{attachment_id}/download?access_token={tenant.read_token}&x=1",
+        headers={**tenant.auth(), "X-Request-ID": "log-check-0"},
+        allow_redirects=False,
+    )
+    assert refused.status == 401  # a token in the URL is refused, even beside a good header
+    response = await client.get(
+        f"/api/v1/attachments/{attachment_id}/download?x=1",
         headers={**tenant.auth(), "X-Request-ID": "log-check-1"},
         allow_redirects=False,
     )
     assert response.status == 307
+    refused_lines = [r for r in caplog.records if getattr(r, "request_id", None) == "log-check-0"]
+    assert refused_lines and all(
+        tenant.read_token not in json.dumps(r.__dict__, default=str) for r in refused_lines
+    )
     records = [r for r in caplog.records if getattr(r, "request_id", None) == "log-check-1"]
     assert len(records) == 1
     record = records[0]
