@@ -102,10 +102,8 @@ class QuerySigner:
         expires: int,
         now: datetime | None = None,
     ) -> str:
-        prefix = self._prefixes.get(bucket) or await self.prepare(bucket)
-        credentials = self._frozen
-        if credentials is None or time.monotonic() >= self._recheck_at:
-            credentials = await self.credentials()
+        prefix = await self.prepare(bucket)
+        credentials = await self.credentials()
         return self.sign(method, prefix, key, params, expires, credentials, now)
 
     def sign(
@@ -120,12 +118,9 @@ class QuerySigner:
     ) -> str:
         timestamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         date = timestamp[:8]
-        if date != self._signing_date:
+        if date != self._signing_date or credentials.secret_key != self._signing_secret:
             self._signing_key = self._derive_key(credentials.secret_key, date)
             self._signing_date = date
-            self._signing_secret = credentials.secret_key
-        elif credentials.secret_key != self._signing_secret:
-            self._signing_key = self._derive_key(credentials.secret_key, date)
             self._signing_secret = credentials.secret_key
 
         query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params.items()]
