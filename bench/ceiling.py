@@ -10,7 +10,7 @@ import sys
 
 from aiohttp import web
 
-from service.server import new_event_loop
+from service.server import LISTEN_BACKLOG, new_event_loop
 
 LOCATION = "http://127.0.0.1:9/attachments/objects/constant?X-Amz-Signature=0"
 
@@ -22,7 +22,7 @@ async def redirect(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_get("/api/v1/attachments/{id}/download", redirect)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=LISTEN_BACKLOG,
                 loop=new_event_loop())  # fmt: skip
 
 

@@ -204,8 +204,11 @@ def run_wrk(wrk: str, port: int, connections: int, seconds: int, data: Path) -> 
         "p50_ms": stats["p50_us"] / 1000,
         "p99_ms": stats["p99_us"] / 1000,
         "errors": errors,
-        "error_kinds": {k: stats[k] for k in ("status_errors", "connect_errors", "read_errors",
-                                              "write_errors", "timeouts") if stats[k]},
+        "error_kinds": {
+            k: stats[k]
+            for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
+            if stats[k]
+        },
         "requests": stats["requests"],
     }
 
@@ -220,8 +223,9 @@ def botocore_client() -> Any:
 
 async def verify_locations(port: int, workload: Workload, tokens: list[str], n: int) -> int:
     """Fetch n redirects and recompute each Location with botocore: mismatches."""
-    import aiohttp
     from urllib.parse import parse_qs, urlsplit
+
+    import aiohttp
 
     client = botocore_client()
     bad = 0
@@ -289,7 +293,7 @@ async def presign_microbenchmark() -> dict[str, float]:
         "s3", region_name=REGION, endpoint_url=ENDPOINT, config=config
     ) as client:
         signer = QuerySigner(client, await session.get_credentials(), REGION)
-        await signer.presign("GET", "attachments", "objects/1", response, 900)
+        await signer.presign("GET", "attachments", "objects/1", response.items(), 900)
         n = 2000
         started = time.perf_counter()
         for _ in range(n):
@@ -298,7 +302,7 @@ async def presign_microbenchmark() -> dict[str, float]:
         n = 50_000
         started = time.perf_counter()
         for _ in range(n):
-            await signer.presign("GET", "attachments", "objects/1", response, 900)
+            await signer.presign("GET", "attachments", "objects/1", response.items(), 900)
         fast_us = (time.perf_counter() - started) / n * 1e6
         # Never-seen keys and filenames: nothing memoized.
         targets = [
@@ -308,7 +312,7 @@ async def presign_microbenchmark() -> dict[str, float]:
         ]  # fmt: skip
         started = time.perf_counter()
         for key, fresh in targets:
-            await signer.presign("GET", "attachments", key, fresh, 900)
+            await signer.presign("GET", "attachments", key, fresh.items(), 900)
         fresh_us = (time.perf_counter() - started) / n * 1e6
     return {"aiobotocore_us": round(aiobotocore_us, 1), "gateway_us": round(fast_us, 2),
             "gateway_unseen_us": round(fresh_us, 2),
@@ -327,19 +331,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_run": args.seconds,
         "runs": [],
     }  # fmt: skip
-    print("presign microbenchmark ...", flush=True)
-    results["presign"] = await presign_microbenchmark()
-    print(f"  {results['presign']}", flush=True)
+    if args.presign:
+        print("presign microbenchmark ...", flush=True)
+        results["presign"] = await presign_microbenchmark()
+        print(f"  {results['presign']}", flush=True)
 
     database_url, stop_database = await database(args, workdir)
     try:
         await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
-        for workload in WORKLOADS:
+        for workload in (w for w in WORKLOADS if w.name in args.workloads):
             print(f"loading {workload.name}: {workload.attachments:,} attachments ...", flush=True)
             tokens = await load_data(database_url, workload)
             data = workdir / f"{workload.name}.lua"
             lua_data(data, workload, tokens)
-            for name in SERVERS:
+            for name in args.servers:
                 port = free_port()
                 level = "INFO" if name == "gateway+log" else "WARNING"
                 process = start_server(name, port, server_env(database_url, level))
@@ -350,14 +355,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     mismatches = 0
                     if name != "ceiling":
                         mismatches = await verify_locations(port, workload, tokens, args.verify)
-                    for connections in (64, 1024):
+                    for connections in args.connections:
                         stats = run_wrk(wrk, port, connections, args.seconds, data)
                         stats.update(server=name, workload=workload.name,
                                      connections=connections, rss_mb=round(rss_mb(process.pid), 1),
                                      location_mismatches=mismatches)  # fmt: skip
                         results["runs"].append(stats)
                         print(f"  {name:8} {workload.name} c={connections:<5} {stats}", flush=True)
-                    if name == "gateway" and workload.name == "cold":
+                    if name == "gateway" and workload.name == "cold" and args.idle:
                         before = rss_mb(process.pid)
                         held = await hold_idle_connections(port, args.idle)
                         results["idle"] = {"connections": held, "rss_before_mb": round(before, 1),
@@ -387,13 +392,38 @@ def main() -> None:
     parser.add_argument("--verify", type=int, default=200, help="Locations checked per server")
     parser.add_argument("--idle", type=int, default=5000, help="idle keep-alive connections")
     parser.add_argument("--database-url", help="use this Postgres instead of an embedded one")
+    # A partial run (for profiling one change) prints its table but leaves results/ alone.
+    parser.add_argument("--servers", type=_names(SERVERS), default=SERVERS)
+    parser.add_argument("--workloads", type=_names(tuple(w.name for w in WORKLOADS)),
+                        default=tuple(w.name for w in WORKLOADS))  # fmt: skip
+    parser.add_argument("--connections", type=lambda v: tuple(map(int, v.split(","))),
+                        default=(64, 1024))  # fmt: skip
+    parser.add_argument("--no-presign", dest="presign", action="store_false")
     args = parser.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     results = asyncio.run(bench(args))
     from bench.report import write_reports
 
+    full = (args.servers, args.connections, args.presign, len(args.workloads)) == (
+        SERVERS, (64, 1024), True, len(WORKLOADS))  # fmt: skip
+    if not full:
+        for run in results["runs"]:
+            print(f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
+                  f"{run['rps']:>7,} req/s  p99 {run['p99_ms']:.1f} ms  {run['error_kinds']}")  # fmt: skip
+        return
+
     RESULTS.mkdir(exist_ok=True)
     print(write_reports(results, RESULTS))
+
+
+def _names(allowed: tuple[str, ...]) -> Any:
+    def parse(value: str) -> tuple[str, ...]:
+        names = tuple(value.split(","))
+        if unknown := set(names) - set(allowed):
+            raise argparse.ArgumentTypeError(f"unknown: {', '.join(sorted(unknown))}")
+        return names
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -12,10 +12,15 @@ from .health import healthz, openapi_handler, readyz
 from .invalidation import invalidation_context
 from .keys import CACHES, METRICS, PUBLIC_PATHS, REQUEST_IDS, SETTINGS
 from .logs import flush_logs_context, install_log_safety
+from .lookups import attachment_lookups_context
 from .metrics import create_metrics, metrics_handler, metrics_site_context
 from .middlewares import RequestIds, error_middleware
 from .settings import Settings
 from .storage import storage_context
+
+# How long an expired key or attachment entry is still served while one request
+# refreshes it (see TTLCache). Invalidations still remove entries at once.
+REFRESH_LEASE = 2.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -25,14 +30,18 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[CACHES] = HotPathCaches(
-        keys=TTLCache(settings.key_cache_size, settings.cache_ttl_seconds),
-        attachments=TTLCache(settings.attachment_cache_size, settings.cache_ttl_seconds),
+        keys=TTLCache(settings.key_cache_size, settings.cache_ttl_seconds, REFRESH_LEASE),
+        attachments=TTLCache(
+            settings.attachment_cache_size, settings.cache_ttl_seconds, REFRESH_LEASE
+        ),
+        # No lease: a URL past its reuse window must not be handed out again.
         urls=TTLCache(settings.url_cache_size, settings.url_reuse_window),
     )
     app[METRICS] = create_metrics(app)
     app[REQUEST_IDS] = RequestIds()
     # One context per resource; each is closed only if it finished starting.
     app.cleanup_ctx.append(database_context)
+    app.cleanup_ctx.append(attachment_lookups_context)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
     app.cleanup_ctx.append(flush_logs_context)

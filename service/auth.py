@@ -121,7 +121,7 @@ async def lookup_principal(request: web.Request, digest: bytes) -> Principal | N
         target = AttachmentTarget.from_row(row) if row["attachment_id"] else None
         request[PREFETCHED] = target
         if caches.live and caches.generation == generation:
-            caches.attachments.put(str(attachment_id), (row["workspace_id"], target))
+            caches.remember_attachment(str(attachment_id), row["workspace_id"], target)
     if caches.live and caches.generation == generation:
         caches.keys.put(digest, principal)  # None too: unknown tokens cost no query
     return principal

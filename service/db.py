@@ -56,12 +56,6 @@ KEY_AND_ATTACHMENT = """
       AND (k.expires_at IS NULL OR k.expires_at > now())
 """
 
-LIVE_ATTACHMENT_OF_WORKSPACE = """
-    SELECT bucket, object_key, filename, content_type
-    FROM attachments
-    WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Database:
@@ -73,8 +67,19 @@ class Database:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
                 return await conn.fetchrow(query, *args)
         except UNAVAILABLE_ERRORS as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise Problem("service_unavailable") from exc
+            raise unavailable(exc) from exc
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                return await conn.fetch(query, *args)  # type: ignore[no-any-return]
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+
+def unavailable(exc: BaseException) -> Problem:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return Problem("service_unavailable")
 
 
 async def find_key(db: Database, token_digest: bytes) -> asyncpg.Record | None:
@@ -87,13 +92,6 @@ async def find_key_and_attachment(
 ) -> asyncpg.Record | None:
     """`find_key`, plus the columns of the attachment when the key's workspace owns it."""
     return await db.fetchrow(KEY_AND_ATTACHMENT, token_digest, attachment_id)
-
-
-async def find_attachment(
-    db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID
-) -> asyncpg.Record | None:
-    """The attachment if it exists, is not deleted and belongs to this workspace."""
-    return await db.fetchrow(LIVE_ATTACHMENT_OF_WORKSPACE, attachment_id, workspace_id)
 
 
 async def reset_after_use(conn: asyncpg.Connection) -> None:

@@ -8,8 +8,7 @@ import uuid
 from aiohttp import web
 
 from .caches import MISSING
-from .db import find_attachment
-from .keys import CACHES, DATABASE, METRICS, PREFETCHED, PRINCIPAL, STORAGE
+from .keys import ATTACHMENT_LOOKUPS, CACHES, METRICS, PREFETCHED, PRINCIPAL, STORAGE
 from .problems import Problem
 from .storage import AttachmentTarget, PresignedUrl
 
@@ -32,19 +31,17 @@ async def attachment_target(
         return raw_id.lower(), prefetched
     caches = request.app[CACHES]
     if caches.live:
-        cached = caches.attachments.get(raw_id)
-        # Cached for another workspace's caller: that says nothing about this one.
-        if cached is not MISSING and cached[0] == workspace_id:
-            return raw_id, cached[1]
+        cached = caches.attachment(raw_id, workspace_id)
+        if cached is not MISSING:
+            return raw_id, cached
     attachment_id = canonical_uuid(raw_id)
     if attachment_id is None:
         raise Problem("not_found")
     canonical = str(attachment_id)
     generation = caches.generation
-    row = await find_attachment(request.app[DATABASE], attachment_id, workspace_id)
-    target = AttachmentTarget.from_row(row) if row is not None else None
+    target = await request.app[ATTACHMENT_LOOKUPS].find(attachment_id, workspace_id)
     if caches.live and caches.generation == generation:
-        caches.attachments.put(canonical, (workspace_id, target))
+        caches.remember_attachment(canonical, workspace_id, target)
     return canonical, target
 
 
@@ -55,9 +52,8 @@ async def presigned_url(
     (its true expiry travels with it)."""
     caches = request.app[CACHES]
     metrics = request.app[METRICS]
-    cache_key = (attachment_id, request.method)
     if caches.live:
-        reused = caches.urls.get(cache_key)
+        reused = caches.url(attachment_id, request.method)
         if reused is not MISSING:
             metrics.count_presign(request.method, "reused")
             return reused  # type: ignore[no-any-return]
@@ -65,7 +61,7 @@ async def presigned_url(
     presigned = await request.app[STORAGE].presign(request.method, target)
     metrics.count_presign(request.method, "signed")
     if caches.live and caches.generation == generation:
-        caches.urls.put(cache_key, presigned)
+        caches.remember_url(attachment_id, request.method, presigned)
     return presigned
 
 

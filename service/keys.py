@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .auth import Principal
     from .caches import HotPathCaches
     from .db import Database
+    from .lookups import AttachmentLookups
     from .metrics import Metrics
     from .middlewares import RequestIds
     from .settings import Settings
@@ -20,6 +21,7 @@ DATABASE: web.AppKey[Database] = web.AppKey("database")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 CACHES: web.AppKey[HotPathCaches] = web.AppKey("caches")
+ATTACHMENT_LOOKUPS: web.AppKey[AttachmentLookups] = web.AppKey("attachment_lookups")
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey[frozenset[str]]("public_paths")
 REQUEST_IDS: web.AppKey[RequestIds] = web.AppKey("request_ids")

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from contextlib import suppress
 from types import FrameType
 
 from aiohttp import web
 
 from .app import create_app
+from .listener import BatchAcceptSite
 from .logs import AccessLogger, configure_logging
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+# aiohttp defaults to 128: a burst of new connections would wait for SYN retries.
 LISTEN_BACKLOG = 4096
 
 
@@ -42,23 +46,65 @@ def serve(
     """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish
     (up to SHUTDOWN_GRACE_SECONDS) and close the pool and the S3 client.
 
-    `on_listening` runs once the socket accepts connections."""
+    `on_listening` runs once the socket accepts connections. This is aiohttp's
+    `run_app` with one change: the site is a BatchAcceptSite (see listener.py)."""
     configure_logging(settings.log_level)
     log.info("serving on http://%s:%d", host, port)
-    web.run_app(
-        create_app(settings),
-        host=host,
-        port=port,
-        reuse_port=reuse_port or None,
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(
+        _serve_until_signal(create_app(settings), settings, host, port, reuse_port, on_listening)
+    )
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass  # the runner's signal handlers raise GracefulExit out of the loop
+    finally:
+        if not main.done():
+            main.cancel()  # its `finally` drains: runner.cleanup()
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        _cancel_leftover_tasks(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    log.info("stopped")
+
+
+async def _serve_until_signal(
+    app: web.Application,
+    settings: Settings,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    on_listening: Callable[[], None] | None,
+) -> None:
+    runner = web.AppRunner(
+        app,
+        handle_signals=True,
         access_log_class=AccessLogger,
         shutdown_timeout=settings.shutdown_grace_seconds,
-        # aiohttp defaults to 128: a burst of new connections would wait for SYN retries.
-        backlog=LISTEN_BACKLOG,
-        # run_app calls `print` once its sites listen: the moment to announce readiness.
-        print=(lambda _message: on_listening()) if on_listening else None,
-        loop=new_event_loop(),
     )
-    log.info("stopped")
+    await runner.setup()
+    # Everything built so far (botocore's service models, the app, its empty caches)
+    # lives as long as the process: moved out of the collector's view, a full
+    # collection no longer walks ~100,000 objects and the caches' tables each time.
+    gc.freeze()
+    try:
+        site = BatchAcceptSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+        await site.start()
+        if on_listening is not None:
+            on_listening()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:

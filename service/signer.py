@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,7 +99,7 @@ class QuerySigner:
         method: str,
         bucket: str,
         key: str,
-        params: dict[str, str],
+        params: Iterable[tuple[str, str]],
         expires: int,
         now: datetime | None = None,
     ) -> str:
@@ -111,7 +112,7 @@ class QuerySigner:
         method: str,
         prefix: BucketPrefix,
         key: str,
-        params: dict[str, str],
+        params: Iterable[tuple[str, str]],
         expires: int,
         credentials: Any,
         now: datetime | None = None,
@@ -123,7 +124,7 @@ class QuerySigner:
             self._signing_date = date
             self._signing_secret = credentials.secret_key
 
-        query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params.items()]
+        query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params]
         operation = "&".join(f"{name}={value}" for name, value in query)
         scope = f"{credentials.access_key}/{date}{self._scope_tail}"
         auth = [

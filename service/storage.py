@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from aiobotocore.config import AioConfig
@@ -37,8 +37,10 @@ BUCKET_ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
 
 
-@dataclass(frozen=True, slots=True)
-class PresignedUrl:
+# Cached values are NamedTuples of strings: tuples holding no containers drop out of
+# the garbage collector's tracking, and with 200,000 cached entries a full collection
+# of tracked objects paused the loop for 165 ms (the cold benchmark's p99).
+class PresignedUrl(NamedTuple):
     url: str
     expires_at: datetime
     # The 307's JSON body, made once: a reused URL reuses its body too.
@@ -50,24 +52,29 @@ class PresignedUrl:
         return cls(url, expires_at, body)
 
 
-@dataclass(frozen=True, slots=True)
-class AttachmentTarget:
+class AttachmentTarget(NamedTuple):
     """What presigning an attachment needs, computed once per lookup (and then cached)."""
 
     bucket: str
     key: str
-    # response-content-disposition and response-content-type, as S3 query parameters.
-    response: dict[str, str]
+    disposition: str  # response-content-disposition
+    content_type: str  # response-content-type
 
     @classmethod
     def from_row(cls, row: Any) -> AttachmentTarget:
         return cls(
             row["bucket"],
             row["object_key"],
-            {
-                "response-content-disposition": content_disposition(row["filename"]),
-                "response-content-type": safe_content_type(row["content_type"]),
-            },
+            content_disposition(row["filename"]),
+            safe_content_type(row["content_type"]),
+        )
+
+    @property
+    def response(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The S3 query parameters that set the download's headers."""
+        return (
+            ("response-content-disposition", self.disposition),
+            ("response-content-type", self.content_type),
         )
 
 
@@ -102,8 +109,8 @@ class Storage:
         params = {
             "Bucket": target.bucket,
             "Key": target.key,
-            "ResponseContentDisposition": target.response["response-content-disposition"],
-            "ResponseContentType": target.response["response-content-type"],
+            "ResponseContentDisposition": target.disposition,
+            "ResponseContentType": target.content_type,
         }
         url: str = await self.client.generate_presigned_url(
             OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=self.expires_seconds

@@ -32,6 +32,29 @@ def test_ttl_cache_is_lru_and_expires(monkeypatch):
     assert TTLCache(size=0, ttl=10).get("x") is MISSING
 
 
+def test_an_expired_entry_is_refreshed_by_one_caller_while_the_others_keep_it(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    cache = TTLCache(size=10, ttl=10, lease=2)
+    cache.put("k", "old")
+    clock[0] += 10.5
+    assert cache.get("k") is MISSING  # the one caller that refreshes
+    assert [cache.get("k") for _ in range(3)] == ["old"] * 3  # everyone else, meanwhile
+    cache.put("k", "new")
+    assert cache.get("k") == "new"
+    # A lease is granted once: not refreshed within it, the entry is gone for everyone.
+    clock[0] += 10.5
+    assert cache.get("k") is MISSING
+    clock[0] += 2.5
+    assert cache.get("k") is MISSING and cache.get("k") is MISSING
+    # An invalidation removes a leased entry at once.
+    cache.put("j", "value")
+    clock[0] += 10.5
+    assert cache.get("j") is MISSING
+    cache.pop("j")
+    assert cache.get("j") is MISSING
+
+
 async def wait_until(condition, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not await condition():
@@ -225,3 +248,35 @@ async def test_one_query_on_a_cold_download(serve_app, settings, make_tenant, ma
     for _ in range(3):  # warm: nothing at all
         assert (await client.get(path, headers=tenant.auth(), allow_redirects=False)).status == 307
     assert [q for q in logged if "api_keys" in q or "attachments" in q] == []
+
+
+async def test_concurrent_cold_lookups_share_a_query_and_never_cross_tenants(
+    serve_app, settings, make_tenant, make_attachment
+):
+    """Attachment lookups of one loop iteration go out as one query; each (id, workspace)
+    pair still matches only its own workspace's attachment."""
+    app = create_app(replace(settings, db_pool_max_size=1))
+    client = await serve_app(app)
+    await wait_until(lambda: _true(app[CACHES].live))
+    tenants = [await make_tenant(), await make_tenant()]
+    owned = [[await make_attachment(t.workspace_id) for _ in range(8)] for t in tenants]
+    for tenant in tenants:  # keys cached: what follows needs attachments only
+        await client.get("/api/v1/anything", headers=tenant.auth())
+    logged = []
+    async with app[DATABASE].pool.acquire() as connection:  # the pool's only connection
+        connection.add_query_logger(lambda record: logged.append(record.query))
+
+    async def status(tenant, attachment_id):
+        path = f"/api/v1/attachments/{attachment_id}/download"
+        response = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+        return response.status
+
+    asked = [
+        (tenant, attachment_id) for tenant in tenants for ids in owned for attachment_id in ids
+    ]
+    statuses = await asyncio.gather(*(status(t, a) for t, a in asked))
+    for (tenant, attachment_id), got in zip(asked, statuses, strict=True):
+        mine = attachment_id in owned[tenants.index(tenant)]
+        assert got == (307 if mine else 404), (mine, got)
+    lookups = [q for q in logged if "attachments" in q]
+    assert 1 <= len(lookups) <= len(asked) // 4, len(lookups)

@@ -93,7 +93,7 @@ def test_urls_are_byte_identical_to_botocore(
         "response-content-type": content_type,
     }
     credentials = ReadOnlyCredentials(ACCESS_KEY, secret, token)
-    assert signer.sign(method, prefix, key, query, expires, credentials, at) == expected
+    assert signer.sign(method, prefix, key, query.items(), expires, credentials, at) == expected
 
 
 @cache
@@ -110,4 +110,4 @@ def test_the_signer_without_response_parameters():
     prefix = bucket_prefix_from(botocore_presign(client, "GET", "attachments", "k", {}, 60, at))
     credentials = ReadOnlyCredentials(ACCESS_KEY, SECRETS[0], None)
     signer = QuerySigner(client=None, credentials=None, region="us-east-1")
-    assert signer.sign("GET", prefix, "a b/c", {}, 900, credentials, at) == expected
+    assert signer.sign("GET", prefix, "a b/c", (), 900, credentials, at) == expected
