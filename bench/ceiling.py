@@ -1,6 +1,7 @@
 """The ceiling: a bare aiohttp app answering the download route with a constant 307.
 
-Same server settings as the gateway (uvloop, no access log at LOG_LEVEL=WARNING);
+Same server settings as the gateway (service.server.run_app: uvloop, its listener and
+backlog, no access log);
 nothing decided, nothing signed: what aiohttp itself costs per redirect.
 """
 
@@ -10,7 +11,7 @@ import sys
 
 from aiohttp import web
 
-from service.server import LISTEN_BACKLOG, new_event_loop
+from service.server import run_app
 
 LOCATION = "http://127.0.0.1:9/attachments/objects/constant?X-Amz-Signature=0"
 
@@ -22,8 +23,7 @@ async def redirect(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_get("/api/v1/attachments/{id}/download", redirect)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=LISTEN_BACKLOG,
-                loop=new_event_loop())  # fmt: skip
+    run_app(app, "127.0.0.1", int(sys.argv[1]), shutdown_timeout=1, access_log=False)
 
 
 if __name__ == "__main__":

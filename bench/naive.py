@@ -18,7 +18,7 @@ from aiobotocore.session import get_session
 from aiohttp import web
 
 from service.disposition import content_disposition, safe_content_type
-from service.server import LISTEN_BACKLOG, new_event_loop
+from service.server import run_app
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 S3 = web.AppKey("s3", object)
@@ -80,8 +80,7 @@ def main() -> None:
     app = web.Application()
     app.cleanup_ctx.append(resources)
     app.router.add_get("/api/v1/attachments/{id}/download", download)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=LISTEN_BACKLOG,
-                loop=new_event_loop())  # fmt: skip
+    run_app(app, "127.0.0.1", int(sys.argv[1]), shutdown_timeout=1, access_log=False)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,22 @@ _CONTEXT_FIELDS = (
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _time(self, created: float) -> str:
+        """ISO 8601 UTC with milliseconds; the part up to the second is made once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -86,6 +99,13 @@ async def flush_logs_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def configure_logging(level: str = "INFO") -> None:
+    # What a LogRecord would otherwise gather on every call and our lines never show:
+    # the caller's file and line (a stack walk), thread and process (the logging HOWTO's
+    # "Optimization" section lists these switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = LineHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -128,6 +148,11 @@ def install_log_safety() -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
+    @property
+    def enabled(self) -> bool:
+        # aiohttp asks before every request: below INFO, no log record is even built.
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         principal = request.get(PRINCIPAL)
         self.logger.info(

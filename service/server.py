@@ -46,15 +46,41 @@ def serve(
     """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish
     (up to SHUTDOWN_GRACE_SECONDS) and close the pool and the S3 client.
 
-    `on_listening` runs once the socket accepts connections. This is aiohttp's
-    `run_app` with one change: the site is a BatchAcceptSite (see listener.py)."""
+    `on_listening` runs once the socket accepts connections."""
     configure_logging(settings.log_level)
     log.info("serving on http://%s:%d", host, port)
+    run_app(
+        create_app(settings),
+        host,
+        port,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        reuse_port=reuse_port,
+        on_listening=on_listening,
+    )
+    log.info("stopped")
+
+
+def run_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+    access_log: bool = True,
+) -> None:
+    """aiohttp's `web.run_app`, on uvloop, with a BatchAcceptSite (see listener.py) and a
+    frozen heap. The benchmark's ceiling and naive servers run on it too."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(
-        _serve_until_signal(create_app(settings), settings, host, port, reuse_port, on_listening)
+    runner = web.AppRunner(
+        app,
+        handle_signals=True,
+        shutdown_timeout=shutdown_timeout,
+        **({"access_log_class": AccessLogger} if access_log else {"access_log": None}),
     )
+    main = loop.create_task(_serve_until_signal(runner, host, port, reuse_port, on_listening))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -67,23 +93,15 @@ def serve(
         _cancel_leftover_tasks(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-    log.info("stopped")
 
 
 async def _serve_until_signal(
-    app: web.Application,
-    settings: Settings,
+    runner: web.AppRunner,
     host: str,
     port: int,
     reuse_port: bool,
     on_listening: Callable[[], None] | None,
 ) -> None:
-    runner = web.AppRunner(
-        app,
-        handle_signals=True,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-    )
     await runner.setup()
     # Everything built so far (botocore's service models, the app, its empty caches)
     # lives as long as the process: moved out of the collector's view, a full
