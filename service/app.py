@@ -10,16 +10,17 @@ from .db import database_context
 from .handlers import download
 from .health import healthz, openapi_handler, readyz
 from .invalidation import invalidation_context
-from .keys import CACHES, METRICS, PUBLIC_PATHS, REQUEST_IDS, SETTINGS
+from .keys import CACHES, METRICS, PUBLIC_PATHS, RATE_LIMITS, REQUEST_IDS, SETTINGS
 from .logs import flush_logs_context, install_log_safety
 from .lookups import attachment_lookups_context
 from .metrics import create_metrics, metrics_handler, metrics_site_context
 from .middlewares import RequestIds, error_middleware
+from .ratelimit import RateLimits
 from .settings import Settings
 from .storage import storage_context
 
-# How long an expired key or attachment entry is still served while one request
-# refreshes it (see TTLCache). Invalidations still remove entries at once.
+# How long before its TTL ends a key or attachment entry is refreshed by one request
+# while the others keep using it (see TTLCache). Invalidations still remove it at once.
 REFRESH_LEASE = 2.0
 
 
@@ -39,6 +40,11 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[METRICS] = create_metrics(app)
     app[REQUEST_IDS] = RequestIds()
+    app[RATE_LIMITS] = RateLimits(
+        (settings.rate_limit_per_key, settings.rate_limit_burst_per_key),
+        (settings.rate_limit_per_workspace, settings.rate_limit_burst_per_workspace),
+        (settings.failed_auth_per_address, settings.failed_auth_burst_per_address),
+    )
     # One context per resource; each is closed only if it finished starting.
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(attachment_lookups_context)

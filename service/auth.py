@@ -18,7 +18,7 @@ from aiohttp import web
 from .caches import MISSING
 from .db import find_key, find_key_and_attachment
 from .handlers import canonical_uuid
-from .keys import CACHES, DATABASE, PREFETCHED, PRINCIPAL, PUBLIC_PATHS
+from .keys import CACHES, DATABASE, PREFETCHED, PRINCIPAL, PUBLIC_PATHS, RATE_LIMITS
 from .problems import (
     CHALLENGE_INSUFFICIENT_SCOPE,
     CHALLENGE_INVALID_REQUEST,
@@ -152,11 +152,23 @@ async def authenticate(request: web.Request) -> Principal:
     return principal
 
 
+# Refusals that mean "this token is wrong": what a guesser collects.
+GUESSES = frozenset({"malformed_token", "unknown_token"})
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in request.app[PUBLIC_PATHS]:
         return await handler(request)
-    principal = await authenticate(request)
+    limits = request.app[RATE_LIMITS]
+    limits.check_address(request.remote)
+    try:
+        principal = await authenticate(request)
+    except Problem as problem:
+        if problem.reason in GUESSES:
+            limits.failed(request.remote)
+        raise
+    limits.admit(principal.key_id, principal.workspace_id)
     request[PRINCIPAL] = principal
     if request.method not in READ_METHODS and principal.scope != "write":
         raise Problem("insufficient_scope", {"WWW-Authenticate": CHALLENGE_INSUFFICIENT_SCOPE})

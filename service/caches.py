@@ -20,12 +20,12 @@ MISSING: Any = object()
 class TTLCache(Generic[K, V]):
     """An LRU map whose entries also expire `ttl` seconds after they were stored.
 
-    With a `lease`, an expired entry is refreshed by one caller, not by all at once:
-    the first `get` after expiry misses (and should look the value up and `put` it),
-    while the entry is served to everyone else for up to `lease` more seconds. Without
-    it, every request that hits a popular entry in the instant it expires goes to the
-    database together: at 1,024 connections that herd queued past the pool's acquire
-    timeout. An entry is leased once; if it is not refreshed in time, it is dropped.
+    With a `lease`, an entry is refreshed by one caller before it expires, not by all
+    at once when it does: the first `get` in its last `lease` seconds misses (and should
+    look the value up and `put` it) while everyone else is still served the entry, never
+    past its TTL. Without it, every request that hits a popular entry in the instant it
+    expires goes to the database together: at 1,024 connections that herd queued past the
+    pool's acquire timeout.
     """
 
     def __init__(self, size: int, ttl: float, lease: float = 0.0) -> None:
@@ -43,14 +43,14 @@ class TTLCache(Generic[K, V]):
         if entry is not None:
             expires, value, leased = entry
             now = time.monotonic()
-            if expires >= now:
+            if now >= expires:
+                del self._entries[key]
+            elif leased or now < expires - self.lease:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return value
-            if leased or not self.lease:
-                del self._entries[key]
-            else:
-                self._entries[key] = (now + self.lease, value, True)
+            else:  # this caller refreshes it; the others keep the value meanwhile
+                self._entries[key] = (expires, value, True)
         self.misses += 1
         return MISSING  # type: ignore[no-any-return]
 

@@ -31,6 +31,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.InsufficientResourcesError,  # class 53, e.g. too many connections
     asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now, query canceled
+    asyncpg.InternalClientError,  # a connection left mid-error by a server going away
 )
 
 KEY_BY_DIGEST = """
@@ -63,16 +64,20 @@ class Database:
     acquire_timeout: float
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        try:
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                return await conn.fetchrow(query, *args)
-        except UNAVAILABLE_ERRORS as exc:
-            raise unavailable(exc) from exc
+        rows = await self.fetch(query, *args)
+        return rows[0] if rows else None
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                return await conn.fetch(query, *args)  # type: ignore[no-any-return]
+                try:
+                    return await conn.fetch(query, *args)  # type: ignore[no-any-return]
+                except asyncpg.InternalClientError:
+                    # A connection the server ended with an error (a restart's FATAL
+                    # "terminating connection") can come back from the pool before asyncpg
+                    # has seen its socket close: it then refuses every query. Drop it.
+                    conn.terminate()
+                    raise
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(exc) from exc
 

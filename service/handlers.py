@@ -50,6 +50,9 @@ async def presigned_url(
 ) -> PresignedUrl:
     """A URL signed for this method: a fresh one, or one signed within the reuse window
     (its true expiry travels with it)."""
+    storage = request.app[STORAGE]
+    if not storage.reachable:  # a URL, new or reused, would lead nowhere
+        raise Problem("service_unavailable")
     caches = request.app[CACHES]
     metrics = request.app[METRICS]
     if caches.live:
@@ -58,7 +61,10 @@ async def presigned_url(
             metrics.count_presign(request.method, "reused")
             return reused  # type: ignore[no-any-return]
     generation = caches.generation
-    presigned = await request.app[STORAGE].presign(request.method, target)
+    presigned = await storage.presign(request.method, target)
+    if presigned.shortened:  # never reused: it would fall short of the promised lifetime
+        metrics.count_presign(request.method, "shortened")
+        return presigned
     metrics.count_presign(request.method, "signed")
     if caches.live and caches.generation == generation:
         caches.remember_url(attachment_id, request.method, presigned)

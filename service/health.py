@@ -29,6 +29,11 @@ async def readyz(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     if storage.unavailable_reason:
         checks["storage"] = storage.unavailable_reason
+    elif not storage.reachable:
+        # Every instance shares this outage and answers downloads 503 itself; taking them
+        # all out of the load balancer would only swap that answer for a connection error.
+        checks["storage"] = "unreachable"
+        return web.json_response({"status": "ready", "checks": checks})
     if all(value == "ok" for value in checks.values()):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .lookups import AttachmentLookups
     from .metrics import Metrics
     from .middlewares import RequestIds
+    from .ratelimit import RateLimits
     from .settings import Settings
     from .storage import AttachmentTarget, Storage
 
@@ -22,6 +23,7 @@ STORAGE: web.AppKey[Storage] = web.AppKey("storage")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 CACHES: web.AppKey[HotPathCaches] = web.AppKey("caches")
 ATTACHMENT_LOOKUPS: web.AppKey[AttachmentLookups] = web.AppKey("attachment_lookups")
+RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey[frozenset[str]]("public_paths")
 REQUEST_IDS: web.AppKey[RequestIds] = web.AppKey("request_ids")

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import CACHES, DATABASE, METRICS, SETTINGS
+from .keys import CACHES, DATABASE, METRICS, SETTINGS, STORAGE
 
 # Redirects take well under a millisecond when warm; outages are bounded by timeouts (~2 s).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -113,7 +113,18 @@ class RuntimeCollector(Collector):
             entries.add_metric([name], len(cache))
         live = GaugeMetricFamily("gateway_cache_live", "1 while caches are on (listener up).")
         live.add_metric([], 1 if caches.live else 0)
-        yield from (lookups, entries, live)
+        flushes = CounterMetricFamily(
+            "gateway_cache_flushes", "Whole-cache flushes (invalidation listener lost or back)."
+        )
+        flushes.add_metric([], caches.flushes)
+        yield from (lookups, entries, live, flushes)
+        storage = self.app.get(STORAGE)
+        if storage is not None and storage.client is not None:
+            reachable = GaugeMetricFamily(
+                "gateway_storage_reachable", "1 while the S3 endpoint accepts connections."
+            )
+            reachable.add_metric([], 1 if storage.reachable else 0)
+            yield reachable
         database = self.app.get(DATABASE)
         if database is None:
             return

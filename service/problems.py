@@ -43,6 +43,9 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
         405, "Method Not Allowed", "The request method is not allowed for this resource"
     ),
     "payload_too_large": ProblemType(413, "Payload Too Large", "The request body is too large"),
+    "rate_limited": ProblemType(
+        429, "Too Many Requests", "Too many requests. Please retry after the time given"
+    ),
     "internal_error": ProblemType(
         500, "Internal Server Error", "An unexpected error occurred. Please try again later"
     ),

@@ -34,6 +34,8 @@ class Settings:
     s3_region: str | None = None
     s3_addressing_style: str = "path"
     s3_default_bucket: str = "attachments"
+    # How often the S3 endpoint is checked for a listener (0: never); see storage_probe.py.
+    s3_probe_interval_seconds: float = 5.0
 
     presign_expires_seconds: int = 900
     # "fast": our SigV4 signer (tests/test_signer.py proves it equal to botocore);
@@ -45,6 +47,14 @@ class Settings:
     key_cache_size: int = 10_000
     attachment_cache_size: int = 100_000
     cache_ttl_seconds: float = 30.0
+
+    # Abuse limits (requests per second, burst); a rate of 0 turns a limit off. Per process.
+    rate_limit_per_key: float = 50.0
+    rate_limit_burst_per_key: int = 100
+    rate_limit_per_workspace: float = 200.0
+    rate_limit_burst_per_workspace: int = 400
+    failed_auth_per_address: float = 1.0
+    failed_auth_burst_per_address: int = 20
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -64,6 +74,18 @@ class Settings:
         for name in ("url_cache_size", "key_cache_size", "attachment_cache_size"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must be >= 0")
+        for name in ("rate_limit_per_key", "rate_limit_per_workspace", "failed_auth_per_address"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must be 0 or more")
+        for name in (
+            "rate_limit_burst_per_key",
+            "rate_limit_burst_per_workspace",
+            "failed_auth_burst_per_address",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be 1 or more")
+        if self.s3_probe_interval_seconds < 0:
+            raise SettingsError("S3_PROBE_INTERVAL_SECONDS must be 0 or more")
         if self.cache_ttl_seconds < 0:
             raise SettingsError("CACHE_TTL_SECONDS must be >= 0")
         if self.s3_addressing_style not in ("path", "virtual"):

@@ -68,6 +68,7 @@ class QuerySigner:
         self._region = region
         self._prefixes: dict[str, BucketPrefix] = {}
         self._frozen: Any = None
+        self._frozen_expiry: Any = None
         self._recheck_at = 0.0
         self._signing_date = ""
         self._signing_secret = ""
@@ -87,10 +88,16 @@ class QuerySigner:
         return prefix
 
     async def credentials(self) -> Any:
-        """Frozen credentials, re-read from the chain every minute (refreshing if due)."""
+        """Frozen credentials, re-read from the chain every minute (refreshing if due), and
+        at once after anyone else made the chain refresh (see credentials.UrlLifetime)."""
         now = time.monotonic()
-        if self._frozen is None or now >= self._recheck_at:
+        if (
+            self._frozen is None
+            or now >= self._recheck_at
+            or getattr(self._credentials, "_expiry_time", None) != self._frozen_expiry
+        ):
             self._frozen = await self._credentials.get_frozen_credentials()
+            self._frozen_expiry = getattr(self._credentials, "_expiry_time", None)
             self._recheck_at = now + CREDENTIALS_RECHECK_SECONDS
         return self._frozen
 

@@ -21,11 +21,13 @@ from aiobotocore.session import get_session
 from aiohttp import web
 from botocore.exceptions import BotoCoreError
 
+from .credentials import UrlLifetime
 from .disposition import content_disposition, safe_content_type
 from .keys import SETTINGS, STORAGE
 from .problems import Problem
 from .settings import Settings
 from .signer import QuerySigner
+from .storage_probe import probing
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,13 @@ class PresignedUrl(NamedTuple):
     expires_at: datetime
     # The 307's JSON body, made once: a reused URL reuses its body too.
     body: bytes = b""
+    # Signed for less than PRESIGN_EXPIRES_SECONDS: the credentials end sooner.
+    shortened: bool = False
 
     @classmethod
-    def of(cls, url: str, expires_at: datetime) -> PresignedUrl:
+    def of(cls, url: str, expires_at: datetime, shortened: bool = False) -> PresignedUrl:
         body = json.dumps({"expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
-        return cls(url, expires_at, body)
+        return cls(url, expires_at, body, shortened)
 
 
 class AttachmentTarget(NamedTuple):
@@ -86,24 +90,31 @@ class Storage:
     unavailable_reason: str | None
     expires_seconds: int
     signer: QuerySigner | None = None
+    lifetime: UrlLifetime | None = None
+    # False while the storage probe cannot reach the endpoint: a URL would not work.
+    reachable: bool = True
 
     async def presign(self, method: str, target: AttachmentTarget) -> PresignedUrl:
         if self.client is None:
             raise Problem("storage_not_configured")
         try:
+            expires = await self.lifetime.seconds() if self.lifetime else self.expires_seconds
+            shortened = expires < self.expires_seconds
             if self.signer is not None:
                 now = datetime.now(UTC).replace(microsecond=0)
                 url = await self.signer.presign(
-                    method, target.bucket, target.key, target.response, self.expires_seconds, now
+                    method, target.bucket, target.key, target.response, expires, now
                 )
-                return PresignedUrl.of(url, now + timedelta(seconds=self.expires_seconds))
-            return await self.presign_with_botocore(method, target)
+                return PresignedUrl.of(url, now + timedelta(seconds=expires), shortened)
+            return await self.presign_with_botocore(method, target, expires, shortened)
         except BotoCoreError as exc:
             # e.g. credentials that could not be refreshed; the text stays in our log.
             log.warning("presigning failed: %s", type(exc).__name__)
             raise Problem("service_unavailable") from exc
 
-    async def presign_with_botocore(self, method: str, target: AttachmentTarget) -> PresignedUrl:
+    async def presign_with_botocore(
+        self, method: str, target: AttachmentTarget, expires: int, shortened: bool = False
+    ) -> PresignedUrl:
         """aiobotocore's own presigning: the reference the fast signer is held to."""
         assert self.client is not None
         params = {
@@ -113,9 +124,9 @@ class Storage:
             "ResponseContentType": target.content_type,
         }
         url: str = await self.client.generate_presigned_url(
-            OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=self.expires_seconds
+            OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=expires
         )
-        return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=self.expires_seconds))
+        return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=expires), shortened)
 
 
 def signed_at(url: str) -> datetime:
@@ -156,12 +167,13 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     except StorageNotConfigured as exc:
         return Storage(None, str(exc), settings.presign_expires_seconds)
     client = await stack.enter_async_context(context)
+    # The same credential chain the client uses (refreshable ones refresh themselves).
+    credentials = await session.get_credentials()
     signer = None
     if settings.presigner == "fast":
-        # The same credential chain the client uses (refreshable ones refresh themselves).
-        credentials = await session.get_credentials()
         signer = QuerySigner(client, credentials, client.meta.region_name)
-    return Storage(client, None, settings.presign_expires_seconds, signer)
+    expires = settings.presign_expires_seconds
+    return Storage(client, None, expires, signer, UrlLifetime(credentials, expires))
 
 
 @contextlib.asynccontextmanager
@@ -177,4 +189,5 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
         if storage.unavailable_reason:
             log.warning("object storage not configured: %s", storage.unavailable_reason)
         app[STORAGE] = storage
-        yield
+        async with probing(storage, app[SETTINGS]):
+            yield

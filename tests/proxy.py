@@ -1,4 +1,4 @@
-"""A small TCP proxy for fault tests: forwards bytes, optionally late."""
+"""A small TCP proxy for fault tests: forwards bytes, optionally late, or not at all."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from urllib.parse import parse_qs, urlsplit
 
 class LatencyProxy:
     """Forwards 127.0.0.1:<port> to a TCP or Unix-socket target, holding each chunk
-    `delay` seconds."""
+    `delay` seconds. `blackholed` (settable at any time) swallows every byte in both
+    directions and leaves new connections unanswered: a peer that is there but silent,
+    as behind a dead route or a frozen server."""
 
     def __init__(self, host_or_socket: str, port: int, delay: float = 0.0) -> None:
         self.host_or_socket = host_or_socket
         self.target_port = port
         self.delay = delay
+        self.blackholed = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -36,6 +39,9 @@ class LatencyProxy:
         await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self.blackholed:
+            return  # accepted by the kernel, never answered
         if self.host_or_socket.startswith("/"):
             up_reader, up_writer = await asyncio.open_unix_connection(self.host_or_socket)
         else:
@@ -53,6 +59,8 @@ class LatencyProxy:
             while chunk := await source.read(65536):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if self.blackholed:
+                    continue
                 sink.write(chunk)
                 await sink.drain()
         sink.close()

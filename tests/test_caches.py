@@ -32,24 +32,25 @@ def test_ttl_cache_is_lru_and_expires(monkeypatch):
     assert TTLCache(size=0, ttl=10).get("x") is MISSING
 
 
-def test_an_expired_entry_is_refreshed_by_one_caller_while_the_others_keep_it(monkeypatch):
+def test_an_entry_is_refreshed_by_one_caller_while_the_others_keep_it(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     cache = TTLCache(size=10, ttl=10, lease=2)
     cache.put("k", "old")
-    clock[0] += 10.5
+    clock[0] += 8.5  # within the last 2 s of its TTL
     assert cache.get("k") is MISSING  # the one caller that refreshes
     assert [cache.get("k") for _ in range(3)] == ["old"] * 3  # everyone else, meanwhile
     cache.put("k", "new")
     assert cache.get("k") == "new"
-    # A lease is granted once: not refreshed within it, the entry is gone for everyone.
-    clock[0] += 10.5
+    # Never served past its TTL: not refreshed in time, the entry is gone for everyone.
+    clock[0] += 8.5
     assert cache.get("k") is MISSING
-    clock[0] += 2.5
+    assert cache.get("k") == "new"
+    clock[0] += 1.6  # 10.1 s after it was stored
     assert cache.get("k") is MISSING and cache.get("k") is MISSING
     # An invalidation removes a leased entry at once.
     cache.put("j", "value")
-    clock[0] += 10.5
+    clock[0] += 9
     assert cache.get("j") is MISSING
     cache.pop("j")
     assert cache.get("j") is MISSING

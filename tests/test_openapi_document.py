@@ -29,6 +29,8 @@ REFERENCE_TEXTS = {
     403: ("Forbidden", "You don't have permission to access this resource"),
     404: ("Not Found", "The requested resource was not found"),
     405: ("Method Not Allowed", "The request method is not allowed for this resource"),
+    # Not in the product's reference (it has no rate limits): the gateway's own text.
+    429: ("Too Many Requests", "Too many requests. Please retry after the time given"),
     500: ("Internal Server Error", "An unexpected error occurred. Please try again later"),
     503: ("Service Unavailable", "The service is temporarily unavailable. Please try again later"),
 }

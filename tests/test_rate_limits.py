@@ -1,0 +1,120 @@
+"""Abuse limits: per key, per workspace, failed authentication per address; 429s with
+Retry-After and the IETF RateLimit fields, never those fields on a redirect."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import replace
+
+from service.app import create_app
+from service.tokens import generate_token
+from tests.http import assert_problem
+
+POLICY = re.compile(r'^"(?P<name>[a-z-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
+REMAINING = re.compile(r'^"(?P<name>[a-z-]+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
+
+
+async def download(client, attachment_id, headers):
+    response = await client.get(
+        f"/api/v1/attachments/{attachment_id}/download", headers=headers, allow_redirects=False
+    )
+    return response, await response.read()
+
+
+def assert_rate_limited(response, body, policy, quota):
+    assert response.status == 429
+    assert_problem(429, body, "rate_limited")
+    assert int(response.headers["Retry-After"]) >= 1
+    declared = POLICY.match(response.headers["RateLimit-Policy"])
+    assert declared and declared["name"] == policy and int(declared["q"]) == quota
+    left = REMAINING.match(response.headers["RateLimit"])
+    assert left and left["name"] == policy and left["r"] == "0"
+    assert int(left["t"]) == int(response.headers["Retry-After"])
+
+
+async def test_a_key_over_its_limit_gets_429_and_its_redirects_carry_no_limit_fields(
+    serve_app, settings, make_tenant, make_attachment
+):
+    limited = replace(settings, rate_limit_per_key=0.5, rate_limit_burst_per_key=5)
+    client = await serve_app(create_app(limited))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    for _ in range(5):
+        response, _ = await download(client, attachment_id, tenant.auth())
+        assert response.status == 307
+        assert not {"RateLimit", "RateLimit-Policy"} & set(response.headers)
+    response, body = await download(client, attachment_id, tenant.auth())
+    assert_rate_limited(response, body, "key", quota=5)
+    assert int(response.headers["Retry-After"]) == 2  # one token at 0.5 per second
+    # Another key of the same workspace has its own bucket.
+    response, _ = await download(client, attachment_id, tenant.auth("write"))
+    assert response.status == 307
+
+
+async def test_the_keys_of_a_workspace_share_its_limit(
+    serve_app, settings, make_tenant, make_attachment
+):
+    limited = replace(settings, rate_limit_per_workspace=0.5, rate_limit_burst_per_workspace=6)
+    client = await serve_app(create_app(limited))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    for scope in ("read", "write", "read", "write", "read", "write"):
+        assert (await download(client, attachment_id, tenant.auth(scope)))[0].status == 307
+    response, body = await download(client, attachment_id, tenant.auth("write"))
+    assert_rate_limited(response, body, "workspace", quota=6)
+
+
+async def test_an_address_that_keeps_guessing_is_refused_even_a_right_guess(
+    serve_app, settings, make_tenant, make_attachment
+):
+    limited = replace(settings, failed_auth_per_address=0.2, failed_auth_burst_per_address=10)
+    client = await serve_app(create_app(limited))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    guesses = [generate_token() for _ in range(5)] + ["ixk_malformed"] * 5
+    for guess in guesses:
+        response, _ = await download(client, attachment_id, {"Authorization": f"Bearer {guess}"})
+        assert response.status == 401
+    response, body = await download(client, attachment_id, tenant.auth())
+    assert_rate_limited(response, body, "failed-auth", quota=10)
+    # A missing header is not a guess: it never counts (nor does a success).
+    fresh = await serve_app(create_app(limited))
+    for _ in range(15):
+        assert (await fresh.get("/api/v1/anything")).status == 401
+    assert (await download(fresh, attachment_id, tenant.auth()))[0].status == 307
+
+
+async def test_one_workspace_hammering_does_not_starve_another(
+    serve_app, settings, make_tenant, make_attachment
+):
+    limited = replace(
+        settings,
+        rate_limit_per_key=20, rate_limit_burst_per_key=20,
+        rate_limit_per_workspace=20, rate_limit_burst_per_workspace=20,
+    )  # fmt: skip
+    client = await serve_app(create_app(limited))
+    noisy, quiet = await make_tenant(), await make_tenant()
+    noisy_id = await make_attachment(noisy.workspace_id)
+    quiet_id = await make_attachment(quiet.workspace_id)
+
+    async def hammer():
+        statuses = []
+        for _ in range(10):
+            batch = await asyncio.gather(
+                *(download(client, noisy_id, noisy.auth()) for _ in range(20))
+            )
+            statuses += [response.status for response, _ in batch]
+        return statuses
+
+    async def steady():
+        statuses = []
+        for _ in range(10):  # 10 requests a second: within its limit
+            statuses.append((await download(client, quiet_id, quiet.auth()))[0].status)
+            await asyncio.sleep(0.1)
+        return statuses
+
+    noisy_statuses, quiet_statuses = await asyncio.gather(hammer(), steady())
+    assert noisy_statuses.count(429) > 100  # far over its limit
+    assert set(noisy_statuses) == {307, 429}
+    assert quiet_statuses == [307] * 10
