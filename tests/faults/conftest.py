@@ -18,6 +18,7 @@ import pytest
 from service.admin import create_key, create_workspace, register_attachment
 from service.migrate import apply_migrations
 from service.settings import DEFAULT_MIGRATIONS_DIR
+from tests.conftest import SECRETS_IN_LOGS
 from tests.processes import Gateway
 
 
@@ -107,6 +108,8 @@ async def start_gateway(gateway_env, tmp_path) -> AsyncIterator[object]:
             "RATE_LIMIT_PER_KEY": "0",
             "RATE_LIMIT_PER_WORKSPACE": "0",
             "FAILED_AUTH_PER_ADDRESS": "0",
+            # Every level, so that the secrets check below sees everything they log.
+            "LOG_LEVEL": "DEBUG",
         }
         gateway = Gateway({**env, **overrides}, log=tmp_path / f"gw{len(started)}.log")
         started.append(gateway)
@@ -116,6 +119,9 @@ async def start_gateway(gateway_env, tmp_path) -> AsyncIterator[object]:
     yield start
     for gateway in started:
         gateway.stop()
+    for gateway in started:  # faults or not, no secret in any line at any level
+        text = gateway.log.read_text()
+        assert not SECRETS_IN_LOGS.search(text), SECRETS_IN_LOGS.search(text)
 
 
 @dataclass
