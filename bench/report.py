@@ -17,8 +17,9 @@ def _run(results: dict[str, Any], server: str, workload: str, connections: int) 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Run {results['date']} on {results['machine']}; {results['seconds_per_run']} s per run. "
-        "`gateway` runs without access logs like the other two; `gateway+log` writes one "
-        "JSON access line per request, as shipped.",
+        "`gateway` runs without access logs like the other two and without the audit trail; "
+        "`gateway+audit` records every download in the audit trail; `gateway+log` also writes "
+        "one JSON access line per request, as shipped.",
         "",
         "| workload | conns | server | req/s | p50 ms | p99 ms | errors | RSS MB | bad Locations |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -38,6 +39,14 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {workload} | {connections} | {gateway / ceiling if ceiling else 0:.2f} | "
                 f"{gateway / naive if naive else 0:.1f} |"
+            )
+    lines += ["", "| workload | conns | gateway+audit / gateway |", "|---|---|---|"]
+    for workload in ("warm", "cold"):
+        for connections in (64, 1024):
+            plain = _run(results, "gateway", workload, connections).get("rps", 0)
+            audited = _run(results, "gateway+audit", workload, connections).get("rps", 0)
+            lines.append(
+                f"| {workload} | {connections} | {audited / plain if plain else 0:.2f} |"
             )
     presign = results["presign"]
     lines += [
@@ -63,12 +72,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = [(w, c) for w in ("warm", "cold") for c in (64, 1024)]
-    servers = ("ceiling", "naive", "gateway", "gateway+log")
+    servers = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log")
     figure, axis = plt.subplots(figsize=(9, 4.5))
-    width = 0.2
+    width = 0.16
     for offset, server in enumerate(servers):
         values = [_run(results, server, w, c).get("rps", 0) for w, c in groups]
-        positions = [i + (offset - 1.5) * width for i in range(len(groups))]
+        positions = [i + (offset - 2) * width for i in range(len(groups))]
         axis.bar(positions, values, width, label=server)
     axis.set_xticks(range(len(groups)), [f"{w}\n{c} conns" for w, c in groups])
     axis.set_ylabel("requests / s")

@@ -62,14 +62,16 @@ class Workload:
 
 
 WORKLOADS = (Workload("warm", 10_000, 100), Workload("cold", 1_000_000, 100))
-# "gateway" runs, like the other two, without access logs (LOG_LEVEL=WARNING): the same
-# server settings; "gateway+log" is the gateway as shipped, one JSON access line a request.
-SERVERS = ("ceiling", "naive", "gateway", "gateway+log")
+# "gateway" runs, like the other two, without access logs (LOG_LEVEL=WARNING) and without
+# the audit trail; "gateway+audit" adds the audit trail (one row per download, COPYed);
+# "gateway+log" is the gateway as shipped: audit trail and one JSON access line a request.
+SERVERS = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log")
 WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
 
 
-def server_env(database_url: str, log_level: str) -> dict[str, str]:
+def server_env(database_url: str, log_level: str, audit: bool) -> dict[str, str]:
     return {
+        "AUDIT_ENABLED": "true" if audit else "false",
         "PATH": os.environ["PATH"],
         "DATABASE_URL": database_url,
         "S3_ENDPOINT_URL": ENDPOINT,
@@ -351,7 +353,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for name in args.servers:
                 port = free_port()
                 level = "INFO" if name == "gateway+log" else "WARNING"
-                process = start_server(name, port, server_env(database_url, level))
+                env = server_env(database_url, level, audit=name != "gateway")
+                process = start_server(name, port, env)
                 try:
                     await wait_listening(port, process)
                     # Warm-up: pools, caches, code paths.

@@ -136,6 +136,32 @@ async def list_keys(conn: asyncpg.Connection, workspace_id: uuid.UUID) -> list[a
     )
 
 
+async def audit_entries(
+    conn: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    since: datetime,
+    attachment_id: uuid.UUID | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The workspace's recorded downloads and refusals, newest first."""
+    return list(
+        await conn.fetch(
+            """
+            SELECT at, key_id, key_prefix, attachment_id, method, outcome, status,
+                   host(client_address) AS client_address, user_agent, expires_at
+            FROM download_audit
+            WHERE workspace_id = $1 AND at >= $2 AND ($3::uuid IS NULL OR attachment_id = $3)
+            ORDER BY at DESC
+            LIMIT $4
+            """,
+            workspace_id,
+            since,
+            attachment_id,
+            limit,
+        )
+    )
+
+
 async def key_is_live(conn: asyncpg.Connection, token: str) -> bool:
     return bool(
         await conn.fetchval(

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .audit import audit_context
 from .auth import auth_middleware
 from .caches import HotPathCaches, TTLCache
 from .db import database_context
 from .handlers import download
 from .health import healthz, openapi_handler, readyz
 from .invalidation import invalidation_context
-from .keys import CACHES, METRICS, PUBLIC_PATHS, RATE_LIMITS, REQUEST_IDS, SETTINGS
+from .keys import (
+    CACHES,
+    METRICS,
+    PUBLIC_PATHS,
+    RATE_LIMITS,
+    REQUEST_IDS,
+    SETTINGS,
+    SHUTDOWN_CLOCK,
+)
 from .logs import flush_logs_context, install_log_safety
 from .lookups import attachment_lookups_context
 from .metrics import create_metrics, metrics_handler, metrics_site_context
 from .middlewares import RequestIds, error_middleware
 from .ratelimit import RateLimits
 from .settings import Settings
+from .shutdown import ShutdownClock, start_shutdown_clock
 from .storage import storage_context
+from .usage import key_usage_context
 
 # How long before its TTL ends a key or attachment entry is refreshed by one request
 # while the others keep using it (see TTLCache). Invalidations still remove it at once.
@@ -46,8 +57,12 @@ def create_app(settings: Settings) -> web.Application:
         (settings.failed_auth_per_address, settings.failed_auth_burst_per_address),
     )
     # One context per resource; each is closed only if it finished starting.
+    app[SHUTDOWN_CLOCK] = ShutdownClock()
+    app.on_shutdown.append(start_shutdown_clock)
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(attachment_lookups_context)
+    app.cleanup_ctx.append(key_usage_context)
+    app.cleanup_ctx.append(audit_context)
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
     app.cleanup_ctx.append(flush_logs_context)

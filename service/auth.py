@@ -7,6 +7,7 @@ unsafe method). What a caller may see is then decided per route, by tenant.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,10 +16,22 @@ from typing import Any
 
 from aiohttp import web
 
+from .audit import audit_row, client_address
 from .caches import MISSING
 from .db import find_key, find_key_and_attachment
 from .handlers import canonical_uuid
-from .keys import CACHES, DATABASE, PREFETCHED, PRINCIPAL, PUBLIC_PATHS, RATE_LIMITS
+from .keys import (
+    AUDIT,
+    CACHES,
+    DATABASE,
+    ISSUED_UNTIL,
+    KEY_USAGE,
+    PREFETCHED,
+    PRINCIPAL,
+    PUBLIC_PATHS,
+    RATE_LIMITS,
+    SETTINGS,
+)
 from .problems import (
     CHALLENGE_INSUFFICIENT_SCOPE,
     CHALLENGE_INVALID_REQUEST,
@@ -99,6 +112,18 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
+# The download route's path, also when the method is not one of its own (then aiohttp's
+# match has no route name; a DELETE with a read key is still a refusal worth recording).
+DOWNLOAD_PATH = re.compile(r"^/api/v1/attachments/[^/]+/download$")
+
+
+def is_download(request: web.Request) -> bool:
+    return (
+        request.match_info.route.name == DOWNLOAD_ROUTE
+        or DOWNLOAD_PATH.match(request.path) is not None
+    )
+
+
 def download_id(request: web.Request) -> uuid.UUID | None:
     """The attachment id of a download request, if it is a canonical UUID."""
     if request.match_info.route.name != DOWNLOAD_ROUTE:
@@ -147,8 +172,6 @@ async def authenticate(request: web.Request) -> Principal:
         principal.expires_at is not None and principal.expires_at <= time.time()
     ):
         raise unauthorized(CHALLENGE_INVALID_TOKEN, "unknown_token")
-    if not principal.api_access:
-        raise Problem("forbidden", reason="no_api_access")
     return principal
 
 
@@ -161,15 +184,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in request.app[PUBLIC_PATHS]:
         return await handler(request)
     limits = request.app[RATE_LIMITS]
-    limits.check_address(request.remote)
+    address = client_address(request, request.app[SETTINGS].trusted_proxy_networks)
+    limits.check_address(address)
     try:
         principal = await authenticate(request)
     except Problem as problem:
         if problem.reason in GUESSES:
-            limits.failed(request.remote)
+            limits.failed(address)
         raise
-    limits.admit(principal.key_id, principal.workspace_id)
     request[PRINCIPAL] = principal
-    if request.method not in READ_METHODS and principal.scope != "write":
-        raise Problem("insufficient_scope", {"WWW-Authenticate": CHALLENGE_INSUFFICIENT_SCOPE})
-    return await handler(request)
+    # From here on the caller is known: downloads are audited, refused or not.
+    trail = request.app.get(AUDIT) if is_download(request) else None
+    try:
+        if not principal.api_access:
+            raise Problem("forbidden", reason="no_api_access")
+        limits.admit(principal.key_id, principal.workspace_id)
+        request.app[KEY_USAGE].touch(principal.key_id)
+        if request.method not in READ_METHODS and principal.scope != "write":
+            raise Problem("insufficient_scope", {"WWW-Authenticate": CHALLENGE_INSUFFICIENT_SCOPE})
+        response = await handler(request)
+    except Problem as problem:
+        if trail is not None:
+            trail.record(audit_row(request, principal, problem.code, problem.type.status, None))
+        raise
+    if trail is not None:
+        expires_at = request.get(ISSUED_UNTIL)
+        trail.record(audit_row(request, principal, "issued", response.status, expires_at))
+    return response

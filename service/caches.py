@@ -86,7 +86,7 @@ class HotPathCaches:
     # Attachments by canonical id text (as in the URL: no parsing on a hit).
     # Values are stored as plain tuples of strings and numbers (see `remember_attachment`).
     attachments: TTLCache[str, Any]  # id -> (workspace id as an int, target or None)
-    urls: TTLCache[tuple[str, str], Any]  # (attachment id, method) -> PresignedUrl
+    urls: TTLCache[tuple[Any, ...], Any]  # (attachment id, method, *variant) -> PresignedUrl
     live: bool = False
     # Bumped by every invalidation: a lookup that started before one must not store its
     # (possibly stale) answer.
@@ -119,13 +119,23 @@ class HotPathCaches:
         plain = tuple(target) if target is not None else None
         self.attachments.put(attachment_id, (workspace_id.int, plain))
 
-    def url(self, attachment_id: str, method: str) -> Any:
-        """A PresignedUrl still within its reuse window, or MISSING."""
-        cached = self.urls.get((attachment_id, method))
+    def url(self, attachment_id: str, method: str, variant: tuple[Any, ...] = ()) -> Any:
+        """A PresignedUrl still within its reuse window, or MISSING.
+
+        `variant` is empty for a plain download (whose entries `forget_attachment` drops);
+        with options it holds them and the target itself, so that a changed attachment
+        can never match an older URL."""
+        cached = self.urls.get((attachment_id, method, *variant))
         return cached if cached is MISSING else PresignedUrl._make(cached)
 
-    def remember_url(self, attachment_id: str, method: str, presigned: PresignedUrl) -> None:
-        self.urls.put((attachment_id, method), tuple(presigned))
+    def remember_url(
+        self,
+        attachment_id: str,
+        method: str,
+        presigned: PresignedUrl,
+        variant: tuple[Any, ...] = (),
+    ) -> None:
+        self.urls.put((attachment_id, method, *variant), tuple(presigned))
 
     def forget_attachment(self, attachment_id: str) -> None:
         self.attachments.pop(attachment_id)

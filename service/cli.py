@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--size", type=int)
     register.add_argument("--json", action="store_true")
     attachment.add_parser("delete", help="soft delete").add_argument("id")
+
+    audit = sub.add_parser("audit", help="recorded downloads and refusals of a workspace")
+    audit.add_argument("--workspace", required=True)
+    audit.add_argument("--since", help="30m, 12h, 7d, or an ISO 8601 time (default: 1d)")
+    audit.add_argument("--attachment")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true")
     return parser
 
 

@@ -188,9 +188,15 @@ async def key_list(settings: Settings, args: argparse.Namespace) -> Result:
             else "active"
         )
     lines = [
-        f"{r['id']}  {r['prefix']}…  {r['scope']:<5}  {r['status']:<7}  {r['name']}" for r in rows
+        f"{r['id']}  {r['prefix']}…  {r['scope']:<5}  {r['status']:<7}  "
+        f"last used {_minute(r['last_used_at'])}  {r['name']}"
+        for r in rows
     ]
     return Result("\n".join(lines) or "no keys", rows)
+
+
+def _minute(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "never"
 
 
 async def key_revoke(settings: Settings, args: argparse.Namespace) -> Result:
@@ -283,6 +289,38 @@ async def attachment_delete(settings: Settings, args: argparse.Namespace) -> Res
     )
 
 
+SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str) -> datetime:
+    """`30m`, `12h`, `7d` ago, or an ISO 8601 moment (UTC unless it says otherwise)."""
+    unit = SINCE_UNITS.get(value[-1:])
+    if unit and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * unit)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--since {value!r}: use 30m, 12h, 7d or an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def audit(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    attachment_id = parse_uuid(args.attachment, "attachment") if args.attachment else None
+    since = parse_since(args.since) if args.since else datetime.now(UTC) - timedelta(days=1)
+    async with connect(settings) as conn:
+        rows = [dict(row) for row in await admin.audit_entries(
+            conn, workspace_id, since, attachment_id, args.limit
+        )]  # fmt: skip
+    lines = [
+        f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['key_prefix']}…  {r['method']:<4}  {r['status']}  "
+        f"{r['outcome']:<18}  {r['attachment_id'] or '-'}  {r['client_address'] or '-'}  "
+        f"{r['user_agent'] or ''}"
+        for r in rows
+    ]
+    return Result("\n".join(lines) or "no downloads recorded", rows)
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
     "migrate": migrate,
     "serve": serve,
@@ -298,4 +336,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
     "attachment add": attachment_add,
     "attachment register": attachment_register,
     "attachment delete": attachment_delete,
+    "audit": audit,
 }

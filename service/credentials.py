@@ -37,17 +37,16 @@ def seconds_left(credentials: Any) -> float | None:
 
 
 class UrlLifetime:
-    """The expiry to sign with: the configured one, or less when the credentials end first."""
+    """The expiry to sign with: the one asked for, or less when the credentials end first."""
 
-    def __init__(self, credentials: Any, expires_seconds: int) -> None:
+    def __init__(self, credentials: Any) -> None:
         self._credentials = credentials
-        self.expires_seconds = expires_seconds
         self._refreshed_at = -REFRESH_INTERVAL_SECONDS
 
-    async def seconds(self) -> int:
+    async def seconds(self, asked: int) -> int:
         left = seconds_left(self._credentials)
-        if left is None or left >= self.expires_seconds + MARGIN_SECONDS:
-            return self.expires_seconds
+        if left is None or left >= asked + MARGIN_SECONDS:
+            return asked
         now = time.monotonic()
         if now - self._refreshed_at >= REFRESH_INTERVAL_SECONDS:
             self._refreshed_at = now
@@ -57,8 +56,8 @@ class UrlLifetime:
                 raise Problem("service_unavailable") from exc
             left = seconds_left(self._credentials)
             assert left is not None
-            if left >= self.expires_seconds + MARGIN_SECONDS:
-                return self.expires_seconds
+            if left >= asked + MARGIN_SECONDS:
+                return asked
         lifetime = int(left) - MARGIN_SECONDS
         if lifetime < MIN_URL_SECONDS:
             raise Problem("service_unavailable")

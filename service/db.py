@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .keys import DATABASE, SETTINGS
+from .keys import BACKGROUND_DATABASE, DATABASE, SETTINGS
 from .problems import Problem
+from .shutdown import seconds_left
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,  # a connection left mid-error by a server going away
 )
 
+BACKGROUND_POOL_SIZE = 2
+POOL_CLOSE_SECONDS = 5.0
+POOL_CLOSE_MINIMUM = 0.5
+
 KEY_BY_DIGEST = """
     SELECT k.id, k.workspace_id, k.scope, k.display_prefix, k.expires_at, w.api_access
     FROM api_keys k
@@ -47,7 +52,8 @@ KEY_BY_DIGEST = """
 # and the attachment if (and only if) it is live and belongs to that same workspace.
 KEY_AND_ATTACHMENT = """
     SELECT k.id, k.workspace_id, k.scope, k.display_prefix, k.expires_at, w.api_access,
-           a.id AS attachment_id, a.bucket, a.object_key, a.filename, a.content_type
+           a.id AS attachment_id, a.bucket, a.object_key, a.filename, a.content_type,
+           a.size_bytes
     FROM api_keys k
     JOIN workspaces w ON w.id = k.workspace_id
     LEFT JOIN attachments a
@@ -120,9 +126,24 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
         reset=reset_after_use,
     )
     app[DATABASE] = Database(pool, settings.db_acquire_timeout)
+    # Background writes (key usage, the audit trail, its partitions) get connections of
+    # their own: they must never take one a download is waiting for.
+    background = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=0,
+        max_size=BACKGROUND_POOL_SIZE,
+        timeout=settings.db_connect_timeout,
+        command_timeout=30,
+    )
+    app[BACKGROUND_DATABASE] = Database(background, settings.db_acquire_timeout)
     yield
-    try:
-        await asyncio.wait_for(pool.close(), timeout=settings.shutdown_grace_seconds)
-    except TimeoutError:
-        log.warning("database pool did not close in time; terminating it")
-        pool.terminate()
+    for closing in (pool, background):
+        budget = seconds_left(app, POOL_CLOSE_SECONDS)
+        if budget < POOL_CLOSE_MINIMUM:  # no time for goodbyes: drop the connections
+            closing.terminate()
+            continue
+        try:
+            await asyncio.wait_for(closing.close(), budget)
+        except TimeoutError:
+            log.warning("database pool did not close in time; terminating it")
+            closing.terminate()

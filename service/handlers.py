@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
 from aiohttp import web
 
 from .caches import MISSING
-from .keys import ATTACHMENT_LOOKUPS, CACHES, METRICS, PREFETCHED, PRINCIPAL, STORAGE
+from .keys import (
+    ATTACHMENT_LOOKUPS,
+    CACHES,
+    ISSUED_UNTIL,
+    METRICS,
+    PREFETCHED,
+    PRINCIPAL,
+    SETTINGS,
+    STORAGE,
+)
+from .options import PLAIN, DownloadOptions, download_options
 from .problems import Problem
 from .storage import AttachmentTarget, PresignedUrl
 
@@ -46,45 +57,78 @@ async def attachment_target(
 
 
 async def presigned_url(
-    request: web.Request, attachment_id: str, target: AttachmentTarget
+    request: web.Request,
+    attachment_id: str,
+    target: AttachmentTarget,
+    options: DownloadOptions = PLAIN,
 ) -> PresignedUrl:
-    """A URL signed for this method: a fresh one, or one signed within the reuse window
-    (its true expiry travels with it)."""
+    """A URL signed for this method and these options: a fresh one, or one signed within
+    the reuse window (its true expiry travels with it)."""
     storage = request.app[STORAGE]
     if not storage.reachable:  # a URL, new or reused, would lead nowhere
         raise Problem("service_unavailable")
     caches = request.app[CACHES]
     metrics = request.app[METRICS]
+    variant = () if options is PLAIN else (*options.cache_variant, tuple(target))
     if caches.live:
-        reused = caches.url(attachment_id, request.method)
+        reused = caches.url(attachment_id, request.method, variant)
         if reused is not MISSING:
             metrics.count_presign(request.method, "reused")
             return reused  # type: ignore[no-any-return]
     generation = caches.generation
-    presigned = await storage.presign(request.method, target)
+    presigned = await storage.presign(request.method, target, options)
     if presigned.shortened:  # never reused: it would fall short of the promised lifetime
         metrics.count_presign(request.method, "shortened")
         return presigned
     metrics.count_presign(request.method, "signed")
-    if caches.live and caches.generation == generation:
-        caches.remember_url(attachment_id, request.method, presigned)
+    # A URL asked to live no longer than the reuse window would expire in the cache.
+    reusable = options.expires_in is None or options.expires_in > caches.urls.ttl
+    if reusable and caches.live and caches.generation == generation:
+        caches.remember_url(attachment_id, request.method, presigned, variant)
     return presigned
 
 
 async def download(request: web.Request) -> web.Response:
-    """307 to a presigned URL for the caller's attachment, signed for this method."""
+    """307 to a presigned URL for the caller's attachment, signed for this method; or,
+    asked for, 200 with the URL in JSON (see options.py)."""
+    options = download_options(request, request.app[SETTINGS].presign_max_expires_seconds)
     raw_id = request.match_info["id"]
     attachment_id, target = await attachment_target(
         request, raw_id, request[PRINCIPAL].workspace_id
     )
     if target is None:
         raise Problem("not_found")
-    presigned = await presigned_url(request, attachment_id, target)
+    presigned = await presigned_url(request, attachment_id, target, options)
+    request[ISSUED_UNTIL] = presigned.expires_at
+    if options.as_json:
+        return link_response(request.method, target, presigned)
     # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through
     # yarl and break the signature (aio-libs/aiohttp#4307). The body, {"expires_at"},
     # leaves the URL out so that its signature only ever travels in the one header.
     return web.Response(
         status=307,
-        headers={"Location": presigned.url, "Content-Type": "application/json"},
+        headers={
+            "Location": presigned.url,
+            "Content-Type": "application/json",
+            # For clients that follow redirects and never see the body.
+            "X-Expires-At": presigned.expires_text,
+        },
         body=presigned.body,
+    )
+
+
+def link_response(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> web.Response:
+    """The URL as data: asked for explicitly, so it may be in this body (never in logs)."""
+    link = {
+        "url": presigned.url,
+        "method": method,
+        "expires_at": presigned.expires_text,
+        "filename": target.filename,
+        "content_type": target.content_type,
+        "size_bytes": target.size_bytes,
+    }
+    return web.Response(
+        body=json.dumps(link).encode(),
+        content_type="application/json",
+        headers={"X-Expires-At": presigned.expires_text},
     )

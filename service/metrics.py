@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import CACHES, DATABASE, METRICS, SETTINGS, STORAGE
+from .keys import AUDIT, CACHES, DATABASE, METRICS, SETTINGS, STORAGE
 
 # Redirects take well under a millisecond when warm; outages are bounded by timeouts (~2 s).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -118,6 +118,17 @@ class RuntimeCollector(Collector):
         )
         flushes.add_metric([], caches.flushes)
         yield from (lookups, entries, live, flushes)
+        trail = self.app.get(AUDIT)
+        if trail is not None:
+            written = CounterMetricFamily("gateway_audit_written", "Audit rows written.")
+            written.add_metric([], trail.written)
+            dropped = CounterMetricFamily(
+                "gateway_audit_dropped", "Audit rows dropped: the queue was full."
+            )
+            dropped.add_metric([], trail.dropped)
+            queued = GaugeMetricFamily("gateway_audit_queued", "Audit rows waiting to be written.")
+            queued.add_metric([], len(trail))
+            yield from (written, dropped, queued)
         storage = self.app.get(STORAGE)
         if storage is not None and storage.client is not None:
             reachable = GaugeMetricFamily(

@@ -14,7 +14,7 @@ from aiohttp import web
 from .auth import Handler
 from .keys import METRICS, REQUEST_ID, REQUEST_IDS
 from .metrics import route_label
-from .problems import Problem, problem_for_http_exception, render
+from .problems import Problem, problem_for_http_exception, render, wants_problem_details
 from .tokens import PREFIX
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ def request_id_of(request: web.Request) -> str:
 AUTH_PROBLEMS = frozenset({"unauthorized", "forbidden", "insufficient_scope"})
 
 
+def render_for(request: web.Request, problem: Problem) -> web.Response:
+    details = wants_problem_details(request.headers.get("Accept"))
+    return render(problem, request[REQUEST_ID], details)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -66,17 +71,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Problem as problem:
         if problem.code in AUTH_PROBLEMS:
             metrics.auth_failures.labels(problem.reason).inc()
-        response = render(problem, request_id)
+        response = render_for(request, problem)
     except web.HTTPException as exc:
-        if exc.status < 400:
-            response = exc
-        else:
-            response = render(problem_for_http_exception(exc), request_id)
+        response = exc if exc.status < 400 else render_for(request, problem_for_http_exception(exc))
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
-        response = render(Problem("internal_error"), request_id)
+        response = render_for(request, Problem("internal_error"))
     response.headers.update(SECURITY_HEADERS)
     response.headers["X-Request-ID"] = request_id
     metrics.count_request(

@@ -33,6 +33,8 @@ _FORBIDDEN = ProblemType(403, "Forbidden", "You don't have permission to access 
 
 PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "bad_request": ProblemType(400, "Bad Request", "The request could not be understood"),
+    # A query option out of range or unknown in value (`expires_in`, `redirect`...).
+    "invalid_request": ProblemType(400, "Bad Request", "The request could not be understood"),
     "unauthorized": ProblemType(
         401, "Unauthorized", "Authentication required. Please provide a valid API token"
     ),
@@ -97,17 +99,36 @@ def problem_for_http_exception(exc: web.HTTPException) -> Problem:
     return Problem(code, headers)
 
 
-def render(problem: Problem, request_id: str) -> web.Response:
-    body = {
+# RFC 9457 `type` of each problem: a URN, stable and never dereferenced.
+PROBLEM_TYPE_PREFIX = "urn:attachments-gateway:problem:"
+
+
+def render(problem: Problem, request_id: str, details: bool = False) -> web.Response:
+    """The contract's body; with `details` (the client accepts application/problem+json)
+    the RFC 9457 members too, after the contract's, and that media type."""
+    body: dict[str, object] = {
         "error": problem.type.error,
         "message": problem.type.message,
         "code": problem.type.status,
         "problem": problem.code,
         "request_id": request_id,
     }
+    if details:
+        body |= {
+            "type": PROBLEM_TYPE_PREFIX + problem.code,
+            "title": problem.type.error,
+            "status": problem.type.status,
+            "detail": problem.type.message,
+            # The occurrence, by its request id: never the path, which may hold anything.
+            "instance": "urn:attachments-gateway:request:" + request_id,
+        }
     return web.Response(
         status=problem.type.status,
         body=json.dumps(body).encode(),
-        content_type="application/json",
+        content_type="application/problem+json" if details else "application/json",
         headers=problem.headers,
     )
+
+
+def wants_problem_details(accept: str | None) -> bool:
+    return accept is not None and "application/problem+json" in accept.lower()

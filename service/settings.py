@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ class Settings:
     s3_probe_interval_seconds: float = 5.0
 
     presign_expires_seconds: int = 900
+    # The longest `?expires_in=` a download may ask for.
+    presign_max_expires_seconds: int = 3600
     # "fast": our SigV4 signer (tests/test_signer.py proves it equal to botocore);
     # "botocore": aiobotocore's generate_presigned_url, the reference.
     presigner: str = "fast"
@@ -56,6 +60,14 @@ class Settings:
     failed_auth_per_address: float = 1.0
     failed_auth_burst_per_address: int = 20
 
+    # The download audit trail (see audit.py).
+    audit_enabled: bool = True
+    audit_queue_size: int = 100_000
+    audit_flush_seconds: float = 1.0
+    audit_retention_days: int = 400
+    # Comma-separated addresses or networks whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -67,6 +79,14 @@ class Settings:
     def __post_init__(self) -> None:
         if not 1 <= self.presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
             raise SettingsError(f"PRESIGN_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}")
+        if not 1 <= self.presign_max_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
+            raise SettingsError(
+                f"PRESIGN_MAX_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}"
+            )
+        if self.presign_expires_seconds > self.presign_max_expires_seconds:
+            raise SettingsError(
+                "PRESIGN_EXPIRES_SECONDS must not exceed PRESIGN_MAX_EXPIRES_SECONDS"
+            )
         if self.presigner not in ("fast", "botocore"):
             raise SettingsError("PRESIGNER must be 'fast' or 'botocore'")
         if self.url_reuse_seconds < 0:
@@ -84,6 +104,14 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be 1 or more")
+        try:
+            _networks(self.trusted_proxies)
+        except ValueError:
+            raise SettingsError("TRUSTED_PROXIES must be addresses or networks") from None
+        if self.audit_queue_size < 1 or self.audit_flush_seconds <= 0:
+            raise SettingsError("AUDIT_QUEUE_SIZE and AUDIT_FLUSH_SECONDS must be positive")
+        if self.audit_retention_days < 1:
+            raise SettingsError("AUDIT_RETENTION_DAYS must be 1 or more")
         if self.s3_probe_interval_seconds < 0:
             raise SettingsError("S3_PROBE_INTERVAL_SECONDS must be 0 or more")
         if self.cache_ttl_seconds < 0:
@@ -99,6 +127,10 @@ class Settings:
         for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return _networks(self.trusted_proxies)
 
     @property
     def url_reuse_window(self) -> int:
@@ -139,6 +171,17 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name.upper()} must be true or false, got {raw!r}")
     except ValueError:
         raise SettingsError(f"{name.upper()} must be a number, got {raw!r}") from None
     return raw
+
+
+@lru_cache(maxsize=8)
+def _networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    return tuple(ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip())

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError
 from .credentials import UrlLifetime
 from .disposition import content_disposition, safe_content_type
 from .keys import SETTINGS, STORAGE
+from .options import PLAIN, DownloadOptions, may_be_inline
 from .problems import Problem
 from .settings import Settings
 from .signer import QuerySigner
@@ -45,15 +46,17 @@ OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
 class PresignedUrl(NamedTuple):
     url: str
     expires_at: datetime
+    expires_text: str  # RFC 3339, UTC, whole seconds
     # The 307's JSON body, made once: a reused URL reuses its body too.
     body: bytes = b""
-    # Signed for less than PRESIGN_EXPIRES_SECONDS: the credentials end sooner.
+    # Signed for less than was asked: the credentials end sooner.
     shortened: bool = False
 
     @classmethod
     def of(cls, url: str, expires_at: datetime, shortened: bool = False) -> PresignedUrl:
-        body = json.dumps({"expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
-        return cls(url, expires_at, body, shortened)
+        text = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = json.dumps({"expires_at": text}).encode()
+        return cls(url, expires_at, text, body, shortened)
 
 
 class AttachmentTarget(NamedTuple):
@@ -61,8 +64,10 @@ class AttachmentTarget(NamedTuple):
 
     bucket: str
     key: str
-    disposition: str  # response-content-disposition
+    disposition: str  # response-content-disposition, as an attachment
     content_type: str  # response-content-type
+    filename: str
+    size_bytes: int | None
 
     @classmethod
     def from_row(cls, row: Any) -> AttachmentTarget:
@@ -71,13 +76,18 @@ class AttachmentTarget(NamedTuple):
             row["object_key"],
             content_disposition(row["filename"]),
             safe_content_type(row["content_type"]),
+            row["filename"],
+            row["size_bytes"],
         )
 
-    @property
-    def response(self) -> tuple[tuple[str, str], tuple[str, str]]:
-        """The S3 query parameters that set the download's headers."""
+    def response(self, inline: bool = False) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The S3 query parameters that set the download's headers; `inline` is granted
+        only to types a browser shows without running anything."""
+        disposition = self.disposition
+        if inline and may_be_inline(self.content_type):
+            disposition = content_disposition(self.filename, "inline")
         return (
-            ("response-content-disposition", self.disposition),
+            ("response-content-disposition", disposition),
             ("response-content-type", self.content_type),
         )
 
@@ -94,34 +104,44 @@ class Storage:
     # False while the storage probe cannot reach the endpoint: a URL would not work.
     reachable: bool = True
 
-    async def presign(self, method: str, target: AttachmentTarget) -> PresignedUrl:
+    async def presign(
+        self, method: str, target: AttachmentTarget, options: DownloadOptions = PLAIN
+    ) -> PresignedUrl:
         if self.client is None:
             raise Problem("storage_not_configured")
         try:
-            expires = await self.lifetime.seconds() if self.lifetime else self.expires_seconds
-            shortened = expires < self.expires_seconds
+            asked = options.expires_in or self.expires_seconds
+            expires = await self.lifetime.seconds(asked) if self.lifetime else asked
+            shortened = expires < asked
+            response = target.response(options.inline)
             if self.signer is not None:
                 now = datetime.now(UTC).replace(microsecond=0)
                 url = await self.signer.presign(
-                    method, target.bucket, target.key, target.response, expires, now
+                    method, target.bucket, target.key, response, expires, now
                 )
                 return PresignedUrl.of(url, now + timedelta(seconds=expires), shortened)
-            return await self.presign_with_botocore(method, target, expires, shortened)
+            return await self.presign_with_botocore(method, target, response, expires, shortened)
         except BotoCoreError as exc:
             # e.g. credentials that could not be refreshed; the text stays in our log.
             log.warning("presigning failed: %s", type(exc).__name__)
             raise Problem("service_unavailable") from exc
 
     async def presign_with_botocore(
-        self, method: str, target: AttachmentTarget, expires: int, shortened: bool = False
+        self,
+        method: str,
+        target: AttachmentTarget,
+        response: tuple[tuple[str, str], tuple[str, str]],
+        expires: int,
+        shortened: bool = False,
     ) -> PresignedUrl:
         """aiobotocore's own presigning: the reference the fast signer is held to."""
         assert self.client is not None
+        (_, disposition), (_, content_type) = response
         params = {
             "Bucket": target.bucket,
             "Key": target.key,
-            "ResponseContentDisposition": target.disposition,
-            "ResponseContentType": target.content_type,
+            "ResponseContentDisposition": disposition,
+            "ResponseContentType": content_type,
         }
         url: str = await self.client.generate_presigned_url(
             OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=expires
@@ -173,7 +193,7 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     if settings.presigner == "fast":
         signer = QuerySigner(client, credentials, client.meta.region_name)
     expires = settings.presign_expires_seconds
-    return Storage(client, None, expires, signer, UrlLifetime(credentials, expires))
+    return Storage(client, None, expires, signer, UrlLifetime(credentials))
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,7 @@ HOSTILE_FILENAMES = [
     "semi;colon,comma (1).txt",
     "naïve café.txt",
     "x" * 296 + ".txt",
+    "1 KB " + "y" * 1015 + ".txt",
     "日本語のファイル名.docx",
     "tab\tand\x01ctl\x7f.txt",  # Postgres text cannot hold NUL at all
 ]

@@ -49,6 +49,12 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("S3_ADDRESSING_STYLE", "dns"),
         ("DB_POOL_MAX_SIZE", "0"),
         ("DB_ACQUIRE_TIMEOUT", "-1"),
+        ("PRESIGN_MAX_EXPIRES_SECONDS", "604801"),
+        ("PRESIGN_EXPIRES_SECONDS", "3601"),  # over PRESIGN_MAX_EXPIRES_SECONDS' default
+        ("RATE_LIMIT_PER_KEY", "-1"),
+        ("RATE_LIMIT_BURST_PER_WORKSPACE", "0"),
+        ("FAILED_AUTH_PER_ADDRESS", "-0.5"),
+        ("S3_PROBE_INTERVAL_SECONDS", "-1"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):

@@ -1,0 +1,231 @@
+"""The download audit trail: every URL issued, and every refusal after authentication.
+
+Requests only append a tuple to a bounded in-memory queue; a background task writes the
+queue with COPY every AUDIT_FLUSH_SECONDS (or sooner when it fills), and once more at
+shutdown. When the queue is full, records are dropped and counted
+(`gateway_audit_dropped_total`): a slow database must not slow downloads. A failed write
+is retried with the next flush, within the same bound.
+
+Rows go to a table partitioned by month (migration 0004). The writer creates this and
+next month's partitions at start and every few hours, and drops partitions older than
+AUDIT_RETENTION_DAYS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from .db import UNAVAILABLE_ERRORS
+from .handlers import canonical_uuid
+from .keys import AUDIT, BACKGROUND_DATABASE, SETTINGS
+from .shutdown import finish_or_abort, stop_tasks
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "at", "workspace_id", "key_id", "key_prefix", "attachment_id", "method", "outcome",
+    "status", "client_address", "user_agent", "expires_at",
+)  # fmt: skip
+BATCH_SIZE = 2000
+USER_AGENT_LENGTH = 256
+MAINTENANCE_SECONDS = 6 * 3600
+FINAL_FLUSH_SECONDS = 3.0
+WRITE_ERRORS = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+class AuditTrail:
+    def __init__(self, pool: asyncpg.Pool, queue_size: int, flush_seconds: float) -> None:
+        self._pool = pool
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queue_size = queue_size
+        self._wake = asyncio.Event()
+        self.flush_seconds = flush_seconds
+        self.written = 0
+        self.dropped = 0
+
+    def record(self, row: tuple[Any, ...]) -> None:
+        """The request path: an append, or a counted drop when the queue is full."""
+        if len(self._queue) >= self._queue_size:
+            self.dropped += 1
+            return
+        self._queue.append(row)
+        if len(self._queue) >= BATCH_SIZE:
+            self._wake.set()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def flush(self) -> None:
+        """Write everything queued so far, in batches; on failure keep it for next time."""
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(BATCH_SIZE, len(self._queue)))]
+            try:
+                async with self._pool.acquire(timeout=5) as conn:
+                    await conn.copy_records_to_table(
+                        "download_audit", records=batch, columns=COLUMNS, timeout=30
+                    )
+            except asyncio.CancelledError:
+                self._queue.extendleft(reversed(batch))  # still ours to count or write
+                raise
+            except WRITE_ERRORS as exc:
+                room = self._queue_size - len(self._queue)
+                self._queue.extendleft(reversed(batch[:room]))
+                self.dropped += len(batch) - min(room, len(batch))
+                log.warning("audit trail not written (%s); will retry", type(exc).__name__)
+                return
+            self.written += len(batch)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+            self._wake.clear()
+            await self.flush()
+
+
+def month_start(day: date, months_ahead: int = 0) -> date:
+    index = day.year * 12 + day.month - 1 + months_ahead
+    return date(index // 12, index % 12 + 1, 1)
+
+
+async def maintain_partitions(pool: asyncpg.Pool, retention_days: int, today: date) -> None:
+    """This and next month's partitions exist; those wholly older than the retention go."""
+    async with pool.acquire(timeout=10) as conn, conn.transaction():
+        # One gateway at a time: concurrent CREATE ... PARTITION OF would collide.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('download_audit'))")
+        for ahead in (0, 1):
+            start, end = month_start(today, ahead), month_start(today, ahead + 1)
+            name = f"download_audit_{start:%Y%m}"
+            exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+            if not exists:
+                # Rows of that month already in the default partition move with it.
+                await conn.execute(f"CREATE TABLE {name} (LIKE download_audit INCLUDING DEFAULTS)")
+                # (`name` is made from a date above, never from input.)
+                await conn.execute(
+                    f"WITH moved AS (DELETE FROM download_audit_default "  # noqa: S608
+                    f"WHERE at >= $1 AND at < $2 RETURNING *) "
+                    f"INSERT INTO {name} SELECT * FROM moved",
+                    _utc(start),
+                    _utc(end),
+                )
+                await conn.execute(
+                    f"ALTER TABLE download_audit ATTACH PARTITION {name} "
+                    f"FOR VALUES FROM ('{start} 00:00+00') TO ('{end} 00:00+00')"
+                )
+        cutoff = today.toordinal() - retention_days
+        partitions = await conn.fetch(
+            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhparent = 'download_audit'::regclass
+                 AND c.relname ~ '^download_audit_[0-9]{6}$'"""
+        )
+        for (name,) in partitions:
+            year, month = int(name[-6:-2]), int(name[-2:])
+            if month_start(date(year, month, 1), 1).toordinal() <= cutoff:
+                await conn.execute(f"DROP TABLE {name}")
+        await conn.execute(
+            "DELETE FROM download_audit_default WHERE at < now() - make_interval(days => $1)",
+            retention_days,
+        )
+
+
+def _utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def client_address(request: web.Request, trusted: tuple[Any, ...]) -> str | None:
+    """The TCP peer, or, when that peer is a trusted proxy, the nearest address in
+    X-Forwarded-For that is not one (appended by proxies left to right)."""
+    peer = request.remote
+    if not trusted or peer is None or not _is_trusted(peer, trusted):
+        return peer
+    for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+        hop = hop.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage: trust nothing further left
+        if not _is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+def _is_trusted(address: str, trusted: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def printable(user_agent: str | None) -> str | None:
+    if user_agent is None:
+        return None
+    kept = "".join(c if c.isprintable() else "?" for c in user_agent[:USER_AGENT_LENGTH])
+    return kept
+
+
+def audit_row(
+    request: web.Request,
+    principal: Any,
+    outcome: str,
+    status: int,
+    expires_at: datetime | None,
+) -> tuple[Any, ...]:
+    # The path's id, also when the method is not the route's (no match_info then).
+    raw_id = request.match_info.get("id") or request.path.rsplit("/", 2)[-2]
+    attachment_id = canonical_uuid(raw_id)  # as the gateway reads ids: else NULL
+    settings = request.app[SETTINGS]
+    return (
+        datetime.now(UTC),
+        principal.workspace_id,
+        principal.key_id,
+        principal.key_prefix,
+        attachment_id,
+        request.method,
+        outcome,
+        status,
+        client_address(request, settings.trusted_proxy_networks),
+        printable(request.headers.get("User-Agent")),
+        expires_at,
+    )
+
+
+async def audit_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.audit_enabled:
+        yield
+        return
+    pool = app[BACKGROUND_DATABASE].pool
+    trail = app[AUDIT] = AuditTrail(pool, settings.audit_queue_size, settings.audit_flush_seconds)
+
+    async def maintain_forever() -> None:
+        while True:
+            try:
+                await maintain_partitions(
+                    pool, settings.audit_retention_days, datetime.now(UTC).date()
+                )
+            except WRITE_ERRORS as exc:
+                log.warning("audit partitions not maintained (%s)", type(exc).__name__)
+                await asyncio.sleep(60)
+                continue
+            await asyncio.sleep(MAINTENANCE_SECONDS)
+
+    tasks = [asyncio.create_task(trail.run()), asyncio.create_task(maintain_forever())]
+    yield
+    await stop_tasks(app, tasks, pool.terminate)
+    # Bounded, like every step of shutdown (half of what is left: the key usage and the
+    # pools come after); what is not written in time is counted as dropped.
+    await finish_or_abort(app, trail.flush(), pool.terminate, FINAL_FLUSH_SECONDS, 0.5)
+    if len(trail):
+        trail.dropped += len(trail)
+        log.warning("audit trail: %d rows not written at shutdown", len(trail))

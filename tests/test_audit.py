@@ -1,0 +1,194 @@
+"""The download audit trail: what is recorded, how it is written, how it is read back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+
+from service.app import create_app
+from service.audit import COLUMNS, AuditTrail, maintain_partitions
+from service.keys import AUDIT
+from service.seaweed import free_port
+from tests.http import raw_request
+
+
+def audit_record(at, workspace_id, **fields):
+    """A row in COLUMNS order, with plain defaults for what a test does not care about."""
+    values = {"at": at, "workspace_id": workspace_id, "key_id": uuid.uuid4(),
+              "key_prefix": "ixk_test", "attachment_id": None, "method": "GET",
+              "outcome": "issued", "status": 307, "client_address": None,
+              "user_agent": None, "expires_at": None, **fields}  # fmt: skip
+    return tuple(values[column] for column in COLUMNS)
+
+
+async def recorded(conn, workspace_id):
+    return await conn.fetch(
+        "SELECT * FROM download_audit WHERE workspace_id = $1 ORDER BY at", workspace_id
+    )
+
+
+async def test_issued_urls_and_refusals_after_authentication_are_recorded(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    app = create_app(replace(settings, trusted_proxies="127.0.0.1/32"))
+    client = await serve_app(app)
+    tenant, other = await make_tenant(), await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    theirs = await make_attachment(other.workspace_id)
+    path = "/api/v1/attachments/{}/download"
+    # Sent raw (aiohttp's client refuses these): a tab and a right-to-left override are
+    # what HTTP lets through of the characters that can mislead a terminal.
+    agent = "curl/8\t\u202eevil ".encode() + b"x" * 400
+    ok = await raw_request(
+        client.host,
+        client.port,
+        b"GET " + path.format(attachment_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + tenant.read_token.encode() + b"\r\n"
+        b"X-Forwarded-For: 203.0.113.9, 127.0.0.1\r\nUser-Agent: " + agent + b"\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert ok.status == 307
+    assert (await client.get(path.format(theirs), headers=tenant.auth())).status == 404
+    assert (await client.get(path.format("nope"), headers=tenant.auth())).status == 404
+    assert (await client.delete(path.format(attachment_id), headers=tenant.auth())).status == 403
+    assert (await client.get(path.format(attachment_id))).status == 401  # before auth: not
+    await app[AUDIT].flush()
+
+    rows = await recorded(conn, tenant.workspace_id)
+    assert [(r["outcome"], r["status"], r["method"]) for r in rows] == [
+        ("issued", 307, "GET"),
+        ("not_found", 404, "GET"),
+        ("not_found", 404, "GET"),
+        ("insufficient_scope", 403, "DELETE"),
+    ]
+    issued = rows[0]
+    assert issued["attachment_id"] == attachment_id and issued["key_id"] == tenant.read_key_id
+    assert issued["key_prefix"] == tenant.read_token[:12]
+    assert str(issued["client_address"]) == "203.0.113.9"  # the proxy's client
+    assert issued["user_agent"].startswith("curl/8??evil ")  # nothing unprintable
+    assert len(issued["user_agent"]) == 256
+    expires_at = json.loads(ok.body)["expires_at"]
+    assert issued["expires_at"] == datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
+    assert rows[1]["attachment_id"] == theirs and rows[2]["attachment_id"] is None
+    assert await recorded(conn, other.workspace_id) == []  # tried on it, not by it
+
+
+async def test_x_forwarded_for_counts_only_from_trusted_proxies(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    client = await serve_app(create_app(settings))  # no TRUSTED_PROXIES
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    headers = {**tenant.auth(), "X-Forwarded-For": "203.0.113.9"}
+    url = f"/api/v1/attachments/{attachment_id}/download"
+    await client.get(url, headers=headers, allow_redirects=False)
+    await client.app[AUDIT].flush()
+    (row,) = await recorded(conn, tenant.workspace_id)
+    assert str(row["client_address"]) == "127.0.0.1"
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_waiting(database_url):
+    pool = await asyncpg.create_pool(database_url, min_size=0)
+    try:
+        trail = AuditTrail(pool, queue_size=3, flush_seconds=1)
+        workspace, key = uuid.uuid4(), uuid.uuid4()
+        row = audit_record(datetime.now(UTC), workspace, key_id=key)
+        for _ in range(5):
+            trail.record(row)
+        assert (len(trail), trail.dropped) == (3, 2)
+        await trail.flush()
+        assert (len(trail), trail.written) == (0, 3)
+        count = await pool.fetchval(
+            "SELECT count(*) FROM download_audit WHERE workspace_id = $1", workspace
+        )
+        assert count == 3
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_write_is_kept_for_the_next_flush(database_url):
+    dead = await asyncpg.create_pool(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", min_size=0, timeout=1
+    )
+    trail = AuditTrail(dead, queue_size=10, flush_seconds=1)
+    row = audit_record(datetime.now(UTC), uuid.uuid4())
+    trail.record(row)
+    await trail.flush()  # no exception
+    assert (len(trail), trail.written, trail.dropped) == (1, 0, 0)
+    await dead.close()
+
+
+async def test_monthly_partitions_and_retention(database_url):
+    pool = await asyncpg.create_pool(database_url, min_size=0)
+    try:
+        workspace = uuid.uuid4()
+        old = datetime(2024, 1, 15, tzinfo=UTC)
+        async with pool.acquire() as conn:
+            await conn.copy_records_to_table(
+                "download_audit", records=[audit_record(old, workspace)], columns=COLUMNS
+            )
+        # "Today" is 2024-01-20: January and February get partitions; January's row moves.
+        await maintain_partitions(pool, retention_days=400, today=date(2024, 1, 20))
+        where = await pool.fetchval(
+            "SELECT tableoid::regclass::text FROM download_audit WHERE workspace_id = $1",
+            workspace,
+        )
+        assert where == "download_audit_202401"
+        names = await pool.fetch("SELECT relname FROM pg_class WHERE relname ~ '^download_audit_2'")
+        assert {"download_audit_202401", "download_audit_202402"} <= {r[0] for r in names}
+        # Two years on, January 2024 is past a 400-day retention: its partition goes.
+        await maintain_partitions(pool, retention_days=400, today=date(2026, 1, 20))
+        assert await pool.fetchval("SELECT to_regclass('download_audit_202401')") is None
+        assert await pool.fetchval("SELECT to_regclass('download_audit_202601')") is not None
+    finally:
+        await pool.close()
+
+
+def test_the_audit_command_reads_it_back(database_url):
+    workspace_id, attachment_id = uuid.uuid4(), uuid.uuid4()
+
+    async def insert():
+        conn = await asyncpg.connect(database_url)
+        try:
+            now = datetime.now(UTC)
+            records = [
+                audit_record(
+                    now - timedelta(hours=2), workspace_id, key_prefix="ixk_AAAAAAAA",
+                    attachment_id=attachment_id, client_address="203.0.113.9",
+                    user_agent="curl/8", expires_at=now,
+                ),
+                audit_record(
+                    now - timedelta(days=3), workspace_id, key_prefix="ixk_BBBBBBBB",
+                    outcome="not_found", status=404, client_address="203.0.113.9",
+                ),
+            ]  # fmt: skip
+            await conn.copy_records_to_table("download_audit", records=records, columns=COLUMNS)
+        finally:
+            await conn.close()
+
+    asyncio.run(insert())
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url}
+    base = [sys.executable, "-m", "service", "audit", "--workspace", str(workspace_id)]
+
+    def run(*args):
+        return subprocess.run([*base, *args], capture_output=True, text=True, env=env, check=True)
+
+    recent = json.loads(run("--json").stdout)  # default: the last day
+    assert [r["outcome"] for r in recent] == ["issued"]
+    assert recent[0]["client_address"] == "203.0.113.9"
+    assert len(json.loads(run("--since", "7d", "--json").stdout)) == 2
+    only = json.loads(run("--since", "7d", "--attachment", str(attachment_id), "--json").stdout)
+    assert [r["attachment_id"] for r in only] == [str(attachment_id)]
+    assert "ixk_AAAAAAAA" in run().stdout
+    bad = subprocess.run([*base, "--since", "yesterday"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--since" in bad.stderr

@@ -1,0 +1,99 @@
+"""api_keys.last_used_at: current to the minute, batched, never a cause of failure, and
+never a reason for gateways to forget a cached key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import asyncpg
+
+from service.app import create_app
+from service.caches import MISSING
+from service.db import Database
+from service.keys import CACHES, KEY_USAGE
+from service.seaweed import free_port
+from service.tokens import digest
+from service.usage import KeyUsage
+from tests.test_caches import _true, wait_until
+
+
+async def last_used(conn, key_id):
+    return await conn.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+
+
+async def test_a_used_key_shows_when_to_the_minute(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    app = create_app(settings)
+    client = await serve_app(app)
+    await wait_until(lambda: _true(app[CACHES].live))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}/download"
+    assert await last_used(conn, tenant.read_key_id) is None
+    for _ in range(3):
+        response = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+        assert response.status == 307
+    assert await app[KEY_USAGE].flush()
+    used = await last_used(conn, tenant.read_key_id)
+    now = datetime.now(UTC)
+    assert used is not None and used <= now and (now - used).total_seconds() < 120
+    assert used.second == 0 and used.microsecond == 0  # to the minute
+    # The write is not a change of the key: every gateway keeps it cached.
+    await asyncio.sleep(0.5)
+    assert app[CACHES].keys.get(digest(tenant.read_token)) is not MISSING
+    # Nothing more to write within the same minute.
+    await client.get(path, headers=tenant.auth(), allow_redirects=False)
+    assert app[KEY_USAGE]._pending == {}
+
+
+async def test_a_failed_write_loses_nothing(database_url, conn, make_tenant):
+    tenant = await make_tenant()
+    dead = await asyncpg.create_pool(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", min_size=0, timeout=1
+    )
+    usage = KeyUsage(Database(dead, acquire_timeout=1))
+    usage.touch(tenant.read_key_id)
+    assert await usage.flush() is False  # and no exception: requests never see it
+    alive = await asyncpg.create_pool(database_url, min_size=0)
+    try:
+        usage._db = Database(alive, acquire_timeout=2)
+        assert await usage.flush() is True
+        assert await last_used(conn, tenant.read_key_id) is not None
+    finally:
+        await alive.close()
+        await dead.close()
+
+
+def test_key_list_shows_last_use(database_url, make_tenant, conn):
+    tenant = asyncio.run(_tenant_used(database_url))
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url}
+    run = [sys.executable, "-m", "service", "key", "list", "--workspace", str(tenant[0])]
+    listed = json.loads(
+        subprocess.run([*run, "--json"], capture_output=True, text=True, env=env).stdout
+    )
+    assert {k["id"]: k["last_used_at"] is not None for k in listed}[str(tenant[1])] is True
+    text = subprocess.run(run, capture_output=True, text=True, env=env).stdout
+    assert "last used 20" in text and "last used never" in text
+
+
+async def _tenant_used(database_url):
+    from service.admin import create_key, create_workspace
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        workspace_id = await create_workspace(connection, "usage", api_access=True)
+        used = await create_key(connection, workspace_id, scope="read")
+        await create_key(connection, workspace_id, scope="read")  # never used
+        await connection.execute(
+            "UPDATE api_keys SET last_used_at = date_trunc('minute', now()) WHERE id = $1",
+            used.id,
+        )
+        return workspace_id, used.id
+    finally:
+        await connection.close()
