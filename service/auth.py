@@ -175,6 +175,10 @@ async def authenticate(request: web.Request) -> Principal:
     return principal
 
 
+def caller_address(request: web.Request) -> str | None:
+    return client_address(request, request.app[SETTINGS].trusted_proxy_networks)
+
+
 # Refusals that mean "this token is wrong": what a guesser collects.
 GUESSES = frozenset({"malformed_token", "unknown_token"})
 
@@ -184,13 +188,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in request.app[PUBLIC_PATHS]:
         return await handler(request)
     limits = request.app[RATE_LIMITS]
-    address = client_address(request, request.app[SETTINGS].trusted_proxy_networks)
-    limits.check_address(address)
+    if limits.failed_auth.active:  # someone has failed lately: look at who is asking
+        limits.check_address(caller_address(request))
     try:
         principal = await authenticate(request)
     except Problem as problem:
         if problem.reason in GUESSES:
-            limits.failed(address)
+            limits.failed(caller_address(request))
         raise
     request[PRINCIPAL] = principal
     # From here on the caller is known: downloads are audited, refused or not.

@@ -39,6 +39,11 @@ class TokenBuckets:
     def enabled(self) -> bool:
         return self.rate > 0
 
+    @property
+    def active(self) -> bool:
+        """Some bucket is remembered: without any, every caller has its whole burst."""
+        return bool(self._buckets)
+
     def _level(self, key: Hashable, now: float) -> float:
         entry = self._buckets.get(key)
         if entry is None:
@@ -56,7 +61,10 @@ class TokenBuckets:
         return True
 
     def has_token(self, key: Hashable) -> bool:
-        return self._level(key, time.monotonic()) >= 1
+        level = self._level(key, time.monotonic())
+        if level >= self.burst:  # refilled: forgetting it changes nothing, lets `active` end
+            self._buckets.pop(key, None)
+        return level >= 1
 
     def _store(self, key: Hashable, tokens: float, now: float) -> None:
         self._buckets[key] = (tokens, now)
