@@ -11,10 +11,12 @@ import signal
 from collections.abc import Callable
 from contextlib import suppress
 from types import FrameType
+from typing import Any
 
 from aiohttp import web
 
 from .app import create_app
+from .db import UNAVAILABLE_ERRORS
 from .listener import BatchAcceptSite
 from .logs import AccessLogger, configure_logging
 from .settings import Settings
@@ -74,6 +76,7 @@ def run_app(
     frozen heap. The benchmark's ceiling and naive servers run on it too."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    loop.set_exception_handler(quiet_abandoned_database_tasks)
     runner = web.AppRunner(
         app,
         handle_signals=True,
@@ -115,6 +118,22 @@ async def _serve_until_signal(
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def quiet_abandoned_database_tasks(
+    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+) -> None:
+    """asyncpg returns a connection to its pool in a shielded task; when the request that
+    waited for it is cancelled (at shutdown, with the database silent), that task's
+    timeout is "never retrieved" and asyncio would log it at ERROR. It is the database's
+    outage, already reported as such: a warning, not an error of ours."""
+    exc = context.get("exception")
+    if str(context.get("message", "")).startswith("Task exception was never retrieved") and (
+        isinstance(exc, UNAVAILABLE_ERRORS)
+    ):
+        log.warning("a database task nobody waited for ended: %s", type(exc).__name__)
+        return
+    loop.default_exception_handler(context)
 
 
 def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
