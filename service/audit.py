@@ -142,9 +142,10 @@ def _utc(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def client_address(request: web.Request, trusted: tuple[Any, ...]) -> str | None:
-    """The TCP peer, or, when that peer is a trusted proxy, the nearest address in
+def client_address(request: web.Request) -> str | None:
+    """The TCP peer, or, when that peer is one of TRUSTED_PROXIES, the nearest address in
     X-Forwarded-For that is not one (appended by proxies left to right)."""
+    trusted = request.app[SETTINGS].trusted_proxy_networks
     peer = request.remote
     if not trusted or peer is None or not _is_trusted(peer, trusted):
         return peer
@@ -186,7 +187,6 @@ def audit_row(
     # As the gateway reads ids (else NULL); kept as text, which asyncpg's COPY encodes
     # in C: building a UUID object here was a third of the audit's cost per request.
     attachment_id = raw_id if CANONICAL_UUID.match(raw_id) else None
-    settings = request.app[SETTINGS]
     return (
         datetime.now(UTC),
         principal.workspace_id,
@@ -196,7 +196,7 @@ def audit_row(
         request.method,
         outcome,
         status,
-        client_address(request, settings.trusted_proxy_networks),
+        client_address(request),
         printable(request.headers.get("User-Agent")),
         expires_at,
     )

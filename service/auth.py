@@ -30,7 +30,6 @@ from .keys import (
     PRINCIPAL,
     PUBLIC_PATHS,
     RATE_LIMITS,
-    SETTINGS,
 )
 from .problems import (
     CHALLENGE_INSUFFICIENT_SCOPE,
@@ -175,10 +174,6 @@ async def authenticate(request: web.Request) -> Principal:
     return principal
 
 
-def caller_address(request: web.Request) -> str | None:
-    return client_address(request, request.app[SETTINGS].trusted_proxy_networks)
-
-
 # Refusals that mean "this token is wrong": what a guesser collects.
 GUESSES = frozenset({"malformed_token", "unknown_token"})
 
@@ -189,12 +184,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     limits = request.app[RATE_LIMITS]
     if limits.failed_auth.active:  # someone has failed lately: look at who is asking
-        limits.check_address(caller_address(request))
+        limits.check_address(client_address(request))
     try:
         principal = await authenticate(request)
     except Problem as problem:
         if problem.reason in GUESSES:
-            limits.failed(caller_address(request))
+            limits.failed(client_address(request))
         raise
     request[PRINCIPAL] = principal
     # From here on the caller is known: downloads are audited, refused or not.

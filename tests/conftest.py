@@ -232,6 +232,15 @@ def migrations_dir() -> Path:
     return DEFAULT_MIGRATIONS_DIR
 
 
+# For gateways under our own load (faults, fuzzing): that traffic is not abuse, and the
+# abuse limits have their own tests (tests/test_rate_limits.py).
+NO_ABUSE_LIMITS = {
+    "RATE_LIMIT_PER_KEY": "0",
+    "RATE_LIMIT_PER_WORKSPACE": "0",
+    "FAILED_AUTH_PER_ADDRESS": "0",
+}
+
+
 @pytest.fixture
 def gateway_env(database_url, seaweed):
     return {

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import NO_ABUSE_LIMITS
 from tests.processes import Gateway
 
 # Fixed so that CI is repeatable; set SCHEMATHESIS_SEED to explore other examples.
@@ -20,14 +21,7 @@ MAX_EXAMPLES = "100"  # per operation and phase
 async def test_schemathesis_finds_nothing(gateway_env, make_tenant, make_attachment, tmp_path):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
-    env = {
-        **gateway_env,
-        # The fuzzer's own traffic is not abuse; the limits have their own tests.
-        "RATE_LIMIT_PER_KEY": "0",
-        "RATE_LIMIT_PER_WORKSPACE": "0",
-        "FAILED_AUTH_PER_ADDRESS": "0",
-    }
-    gateway = Gateway(env, log=tmp_path / "gateway.log")
+    gateway = Gateway({**gateway_env, **NO_ABUSE_LIMITS}, log=tmp_path / "gateway.log")
     try:
         await gateway.wait_ready()
         # Twice: ids as generated (a 404 path), then the tenant's real attachment, so the

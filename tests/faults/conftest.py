@@ -18,7 +18,7 @@ import pytest
 from service.admin import create_key, create_workspace, register_attachment
 from service.migrate import apply_migrations
 from service.settings import DEFAULT_MIGRATIONS_DIR
-from tests.conftest import SECRETS_IN_LOGS
+from tests.conftest import NO_ABUSE_LIMITS, SECRETS_IN_LOGS
 from tests.processes import Gateway
 
 
@@ -101,13 +101,11 @@ async def start_gateway(gateway_env, tmp_path) -> AsyncIterator[object]:
     started: list[Gateway] = []
 
     async def start(**overrides: str) -> Gateway:
-        # The loads here are ours, not abuse: the limits are off (a revoked key under load
-        # is a flood of 401s from one address); tests/test_rate_limits.py covers them.
+        # The loads here are ours (a revoked key under load is a flood of 401s from one
+        # address, which the failed-auth limit would answer).
         env = {
             **gateway_env,
-            "RATE_LIMIT_PER_KEY": "0",
-            "RATE_LIMIT_PER_WORKSPACE": "0",
-            "FAILED_AUTH_PER_ADDRESS": "0",
+            **NO_ABUSE_LIMITS,
             # Every level, so that the secrets check below sees everything they log.
             "LOG_LEVEL": "DEBUG",
         }
