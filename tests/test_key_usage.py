@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 
 import asyncpg
 
+import service.usage
 from service.app import create_app
 from service.caches import MISSING
 from service.db import Database
@@ -27,8 +29,12 @@ async def last_used(conn, key_id):
 
 
 async def test_a_used_key_shows_when_to_the_minute(
-    serve_app, settings, conn, make_tenant, make_attachment
+    serve_app, settings, conn, make_tenant, make_attachment, monkeypatch
 ):
+    # The usage clock stands still, so the whole test is within one minute (a real
+    # minute boundary between two requests would rightly note a new minute).
+    frozen = time.time()
+    monkeypatch.setattr(service.usage.time, "time", lambda: frozen)
     app = create_app(settings)
     client = await serve_app(app)
     await wait_until(lambda: _true(app[CACHES].live))
