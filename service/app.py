@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import attachments
 from .audit import audit_context
 from .auth import auth_middleware
 from .caches import HotPathCaches, TTLCache
@@ -69,6 +70,11 @@ def create_app(settings: Settings) -> web.Application:
 
     # add_get also answers HEAD, presigned separately for head_object.
     app.router.add_get("/api/v1/attachments/{id}/download", download, name="download")
+    app.router.add_get("/api/v1/attachments", attachments.list_attachments)
+    app.router.add_post("/api/v1/attachments", attachments.create)
+    app.router.add_get("/api/v1/attachments/{id}", attachments.show, name="attachment")
+    app.router.add_delete("/api/v1/attachments/{id}", attachments.delete)
+    app.router.add_post("/api/v1/attachments/{id}/complete", attachments.complete)
     # Everything else needs an API key; these, and only these, are public.
     public = {
         "/healthz": healthz,

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--attachment")
     audit.add_argument("--limit", type=int, default=100)
     audit.add_argument("--json", action="store_true")
+    purge = sub.add_parser(
+        "purge", help="remove attachments deleted, or uploads left unconfirmed, long enough ago"
+    )
+    purge.add_argument("--older-than", required=True, metavar="AGE", help="90m, 12h, 30d")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would go")
+    purge.add_argument("--json", action="store_true")
     return parser
 
 

@@ -18,6 +18,7 @@ import asyncpg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import admin
+from . import purge as purging
 from .db import UNAVAILABLE_ERRORS
 from .demo import ensure_demo
 from .disposition import CONTENT_TYPE
@@ -321,6 +322,41 @@ async def audit(settings: Settings, args: argparse.Namespace) -> Result:
     return Result("\n".join(lines) or "no downloads recorded", rows)
 
 
+def parse_age(value: str) -> timedelta:
+    """`90m`, `12h`, `30d`: an age, not a moment."""
+    unit = SINCE_UNITS.get(value[-1:])
+    if not (unit and value[:-1].isdigit()):
+        raise UsageError(f"--older-than {value!r}: use minutes, hours or days (90m, 12h, 30d)")
+    return timedelta(seconds=int(value[:-1]) * unit)
+
+
+async def purge(settings: Settings, args: argparse.Namespace) -> Result:
+    cutoff = datetime.now(UTC) - parse_age(args.older_than)
+    async with connect(settings) as conn:
+        if args.dry_run:
+            count = await purging.count_purgeable(conn, cutoff)
+            return Result(f"{count} attachments would be purged", {"would_purge": count})
+        try:
+            async with internal_client(settings) as s3:
+                report = await purging.purge(conn, s3, cutoff)
+        except StorageNotConfigured as exc:
+            raise UsageError(str(exc)) from None
+        except (BotoCoreError, ClientError) as exc:
+            raise Unavailable(
+                f"removing objects failed, nothing of that batch purged: {exc}"
+            ) from None
+    data = {
+        "purged": report.rows,
+        "objects_deleted": report.objects,
+        "shared_objects_kept": report.shared_objects_kept,
+    }
+    human = (
+        f"purged {report.rows} attachments, deleted {report.objects} objects"
+        f" (kept {report.shared_objects_kept} still named by other attachments)"
+    )
+    return Result(human, data)
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
     "migrate": migrate,
     "serve": serve,
@@ -337,4 +373,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
     "attachment register": attachment_register,
     "attachment delete": attachment_delete,
     "audit": audit,
+    "purge": purge,
 }

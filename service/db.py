@@ -53,7 +53,7 @@ KEY_BY_DIGEST = """
 KEY_AND_ATTACHMENT = """
     SELECT k.id, k.workspace_id, k.scope, k.display_prefix, k.expires_at, w.api_access,
            a.id AS attachment_id, a.bucket, a.object_key, a.filename, a.content_type,
-           a.size_bytes
+           a.size_bytes, a.upload_pending
     FROM api_keys k
     JOIN workspaces w ON w.id = k.workspace_id
     LEFT JOIN attachments a

@@ -23,6 +23,9 @@ from .options import PLAIN, DownloadOptions, download_options
 from .problems import Problem
 from .storage import AttachmentTarget, PresignedUrl
 
+# When a client downloading an attachment whose upload is not yet confirmed should retry.
+UPLOAD_PENDING_RETRY_SECONDS = 5
+
 # Canonical 8-4-4-4-12 hex only: uuid.UUID() would also take braces, "urn:uuid:"
 # and bare hex, and every alias of an id would be one more way to probe.
 CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -98,6 +101,8 @@ async def download(request: web.Request) -> web.Response:
     )
     if target is None:
         raise Problem("not_found")
+    if target.pending:
+        raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
     presigned = await presigned_url(request, attachment_id, target, options)
     request[ISSUED_UNTIL] = presigned.expires_at
     if options.as_json:

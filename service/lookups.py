@@ -24,7 +24,7 @@ from .storage import AttachmentTarget
 # batch mixing tenants cannot hand one tenant's row to another's request.
 LIVE_ATTACHMENTS_OF_WORKSPACES = """
     SELECT a.id, a.workspace_id, a.bucket, a.object_key, a.filename, a.content_type,
-           a.size_bytes
+           a.size_bytes, a.upload_pending
     FROM unnest($1::uuid[], $2::uuid[]) AS wanted(id, workspace_id)
     JOIN attachments a
       ON a.id = wanted.id AND a.workspace_id = wanted.workspace_id AND a.deleted_at IS NULL

@@ -29,6 +29,7 @@ class ProblemType:
 _UNAVAILABLE = ProblemType(
     503, "Service Unavailable", "The service is temporarily unavailable. Please try again later"
 )
+_INCOMPLETE_UPLOAD = ProblemType(409, "Conflict", "The attachment's upload is not complete")
 _FORBIDDEN = ProblemType(403, "Forbidden", "You don't have permission to access this resource")
 
 PROBLEM_TYPES: Mapping[str, ProblemType] = {
@@ -44,6 +45,10 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "method_not_allowed": ProblemType(
         405, "Method Not Allowed", "The request method is not allowed for this resource"
     ),
+    # Downloading an attachment whose upload has not been confirmed (retry later).
+    "upload_pending": _INCOMPLETE_UPLOAD,
+    # Confirming an upload that is not in storage, or not with the size declared for it.
+    "upload_incomplete": _INCOMPLETE_UPLOAD,
     "payload_too_large": ProblemType(413, "Payload Too Large", "The request body is too large"),
     "rate_limited": ProblemType(
         429, "Too Many Requests", "Too many requests. Please retry after the time given"

@@ -16,6 +16,8 @@ DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # SigV4 refuses an X-Amz-Expires outside 1..604800 (seven days).
 MAX_PRESIGN_EXPIRES_SECONDS = 604_800
+# S3 takes at most 5 GiB in one PUT.
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3
 
 
 class SettingsError(ValueError):
@@ -38,6 +40,9 @@ class Settings:
     s3_default_bucket: str = "attachments"
     # How often the S3 endpoint is checked for a listener (0: never); see storage_probe.py.
     s3_probe_interval_seconds: float = 5.0
+
+    # The largest upload POST /api/v1/attachments offers: one PUT, S3's 5 GiB limit.
+    upload_max_bytes: int = MAX_SINGLE_PUT_BYTES
 
     presign_expires_seconds: int = 900
     # The longest `?expires_in=` a download may ask for.
@@ -87,6 +92,8 @@ class Settings:
             raise SettingsError(
                 "PRESIGN_EXPIRES_SECONDS must not exceed PRESIGN_MAX_EXPIRES_SECONDS"
             )
+        if not 0 <= self.upload_max_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise SettingsError(f"UPLOAD_MAX_BYTES must be 0..{MAX_SINGLE_PUT_BYTES}")
         if self.presigner not in ("fast", "botocore"):
             raise SettingsError("PRESIGNER must be 'fast' or 'botocore'")
         if self.url_reuse_seconds < 0:

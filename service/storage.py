@@ -7,6 +7,7 @@ rewritten for clients afterwards. Presigning needs no network round trip.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import web
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .credentials import UrlLifetime
 from .disposition import content_disposition, safe_content_type
@@ -38,6 +39,13 @@ BUCKET_ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 # The S3 operation whose signature each HTTP method needs: S3 checks the method,
 # so a GET-signed URL answers 403 to HEAD.
 OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
+
+# How long an API client has to start its upload (the issue's 15 minutes).
+UPLOAD_URL_SECONDS = 900
+# A HEAD on the request path (confirming an upload) waits this long at most.
+HEAD_TIMEOUT_SECONDS = 10.0
+# What S3 answers to HEAD for an object that is not there.
+NOT_THERE = ("404", "NoSuchKey", "NotFound")
 
 
 # Cached values are NamedTuples of strings: tuples holding no containers drop out of
@@ -68,6 +76,8 @@ class AttachmentTarget(NamedTuple):
     content_type: str  # response-content-type
     filename: str
     size_bytes: int | None
+    # Created through the API and its upload not yet confirmed: downloads answer 409.
+    pending: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> AttachmentTarget:
@@ -78,6 +88,7 @@ class AttachmentTarget(NamedTuple):
             safe_content_type(row["content_type"]),
             row["filename"],
             row["size_bytes"],
+            row["upload_pending"],
         )
 
     def response(self, inline: bool = False) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -103,6 +114,8 @@ class Storage:
     lifetime: UrlLifetime | None = None
     # False while the storage probe cannot reach the endpoint: a URL would not work.
     reachable: bool = True
+    # For calls the gateway itself makes (HEAD), on the internal endpoint.
+    internal: Any | None = None
 
     async def presign(
         self, method: str, target: AttachmentTarget, options: DownloadOptions = PLAIN
@@ -147,6 +160,48 @@ class Storage:
             OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=expires
         )
         return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=expires), shortened)
+
+    async def presign_upload(
+        self, bucket: str, key: str, content_type: str, size: int
+    ) -> PresignedUrl:
+        """A PUT URL for exactly this object: its Content-Type and Content-Length are signed,
+        so S3 refuses (403) a body of any other size or type."""
+        if self.client is None:
+            raise Problem("storage_not_configured")
+        if not self.reachable:
+            raise Problem("service_unavailable")
+        try:
+            expires = UPLOAD_URL_SECONDS
+            if self.lifetime is not None:
+                expires = await self.lifetime.seconds(expires)
+            params = {"Bucket": bucket, "Key": key, "ContentType": content_type,
+                      "ContentLength": size}  # fmt: skip
+            url: str = await self.client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=expires
+            )
+        except BotoCoreError as exc:
+            log.warning("presigning an upload failed: %s", type(exc).__name__)
+            raise Problem("service_unavailable") from exc
+        return PresignedUrl.of(
+            url, signed_at(url) + timedelta(seconds=expires), expires < UPLOAD_URL_SECONDS
+        )
+
+    async def stored_size(self, bucket: str, key: str) -> int | None:
+        """The object's size in bytes, or None when it is not there."""
+        if self.internal is None:
+            raise Problem("storage_not_configured")
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
+                head = await self.internal.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in NOT_THERE:
+                return None
+            log.warning("HEAD of an upload failed: %s", exc.response.get("Error", {}).get("Code"))
+            raise Problem("service_unavailable") from exc
+        except (BotoCoreError, OSError, TimeoutError) as exc:
+            log.warning("HEAD of an upload failed: %s", type(exc).__name__)
+            raise Problem("service_unavailable") from exc
+        return int(head["ContentLength"])
 
 
 def signed_at(url: str) -> datetime:
@@ -193,7 +248,14 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     if settings.presigner == "fast":
         signer = QuerySigner(client, credentials, client.meta.region_name)
     expires = settings.presign_expires_seconds
-    return Storage(client, None, expires, signer, UrlLifetime(credentials))
+    internal = client
+    if settings.s3_endpoint_url and settings.s3_endpoint_url != settings.signing_endpoint_url:
+        internal = await stack.enter_async_context(
+            await _client_context(settings, settings.s3_endpoint_url, session)
+        )
+    storage = Storage(client, None, expires, signer, UrlLifetime(credentials))
+    storage.internal = internal
+    return storage
 
 
 @contextlib.asynccontextmanager

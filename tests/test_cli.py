@@ -33,37 +33,6 @@ def moto_s3():
     server.stop()
 
 
-@pytest.fixture
-def cli(database_url, seaweed):
-    def run(*args, s3=seaweed, expect=0, env=None):
-        environment = {
-            "PATH": os.environ["PATH"],
-            "DATABASE_URL": database_url,
-            "S3_ENDPOINT_URL": s3.endpoint_url,
-            "S3_REGION": s3.region,
-            "AWS_ACCESS_KEY_ID": s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            **(env or {}),
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "service", *args],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == expect, (result.stdout, result.stderr)
-        if expect == 2:
-            assert result.stderr.startswith("attachments-gateway: error: ")
-            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-        return result
-
-    return run
-
-
 def as_json(result):
     return json.loads(result.stdout)
 

@@ -39,6 +39,9 @@ async def test_schemathesis_finds_nothing(gateway_env, make_tenant, make_attachm
         assert generated >= 300  # a few hundred cases, not just a loaded document
         answered = [line.get("status") for line in gateway.json_lines()]
         assert answered.count(307) >= 50 and answered.count(404) >= 50
+        # The attachments API was reached too, not only refused: created (201), read (200),
+        # deleted (204), and a download or confirmation of a pending upload (409).
+        assert {200, 201, 204, 409} <= set(answered)
     finally:
         gateway.stop()
 

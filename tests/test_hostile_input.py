@@ -97,8 +97,8 @@ def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
         ("deleted id", request("GET", f"/api/v1/attachments/{deleted}/download", good), 404,
          "not_found"),
         ("missing id", request("GET", missing, good), 404, "not_found"),
-        ("no such route", request("GET", "/api/v1/attachments", good), 404, "not_found"),
-        ("no such route, no key", request("GET", "/api/v1/attachments"), 401, "unauthorized"),
+        ("no such route", request("GET", "/api/v1/attachment", good), 404, "not_found"),
+        ("no such route, no key", request("GET", "/api/v1/attachment"), 401, "unauthorized"),
         # Methods
         ("HEAD", request("HEAD", download, good), 307, None),
         ("POST with read key", request("POST", download, good), 403, "insufficient_scope"),

@@ -31,6 +31,8 @@ REFERENCE_TEXTS = {
     405: ("Method Not Allowed", "The request method is not allowed for this resource"),
     # Not in the product's reference (it has no options or rate limits): the gateway's own.
     400: ("Bad Request", "The request could not be understood"),
+    409: ("Conflict", "The attachment's upload is not complete"),
+    413: ("Payload Too Large", "The request body is too large"),
     429: ("Too Many Requests", "Too many requests. Please retry after the time given"),
     500: ("Internal Server Error", "An unexpected error occurred. Please try again later"),
     503: ("Service Unavailable", "The service is temporarily unavailable. Please try again later"),
@@ -137,14 +139,14 @@ def test_document_is_pretty_printed_with_two_spaces() -> None:
     assert TEXT == json.dumps(DOCUMENT, indent=2, ensure_ascii=False) + "\n"
 
 
-def test_only_the_download_operations_need_a_key() -> None:
+def test_only_the_attachment_operations_need_a_key() -> None:
     assert DOCUMENT["security"] == []
     scheme = DOCUMENT["components"]["securitySchemes"]["apiKey"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     for path, item in DOCUMENT["paths"].items():
         for method in HTTP_METHODS:
             if method in item:
-                expected = [{"apiKey": []}] if path.startswith("/api/v1/attachments/") else None
+                expected = [{"apiKey": []}] if path.startswith("/api/v1/attachments") else None
                 assert item[method].get("security") == expected, (method, path)
 
 
