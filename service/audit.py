@@ -171,8 +171,10 @@ def _is_trusted(address: str, trusted: tuple[Any, ...]) -> bool:
 def printable(user_agent: str | None) -> str | None:
     if user_agent is None:
         return None
-    kept = "".join(c if c.isprintable() else "?" for c in user_agent[:USER_AGENT_LENGTH])
-    return kept
+    user_agent = user_agent[:USER_AGENT_LENGTH]
+    if user_agent.isprintable():  # nearly always: one C call instead of a loop per character
+        return user_agent
+    return "".join(c if c.isprintable() else "?" for c in user_agent)
 
 
 def audit_row(
@@ -196,7 +198,7 @@ def audit_row(
         request.method,
         outcome,
         status,
-        client_address(request),
+        client_address(request) or None,  # no address (a Unix socket): NULL
         printable(request.headers.get("User-Agent")),
         expires_at,
     )
