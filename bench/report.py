@@ -21,14 +21,16 @@ def markdown(results: dict[str, Any]) -> str:
         "`gateway+audit` records every download in the audit trail; `gateway+log` also writes "
         "one JSON access line per request, as shipped.",
         "",
-        "| workload | conns | server | req/s | p50 ms | p99 ms | errors | RSS MB | bad Locations |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload | conns | server | req/s | p50 ms | p99 ms | errors | RSS MB | bad Locations "
+        "| server CPU µs/req | Postgres CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         lines.append(
             f"| {run['workload']} | {run['connections']} | {run['server']} | {run['rps']:,} | "
             f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | {run['rss_mb']} | "
-            f"{run['location_mismatches'] if run['server'] != 'ceiling' else '–'} |"
+            f"{run['location_mismatches'] if run['server'] != 'ceiling' else '–'} | "
+            f"{run.get('cpu_us', '–')} | {run.get('db_cpu_us', '–')} |"
         )
     lines += ["", "| workload | conns | gateway / ceiling | gateway / naive |", "|---|---|---|---|"]
     for workload in ("warm", "cold"):
@@ -40,14 +42,22 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {workload} | {connections} | {gateway / ceiling if ceiling else 0:.2f} | "
                 f"{gateway / naive if naive else 0:.1f} |"
             )
-    lines += ["", "| workload | conns | gateway+audit / gateway |", "|---|---|---|"]
+    lines += [
+        "",
+        "| workload | conns | gateway+audit / gateway req/s | server CPU µs/req added "
+        "| Postgres CPU µs/req added |",
+        "|---|---|---|---|---|",
+    ]
     for workload in ("warm", "cold"):
         for connections in (64, 1024):
-            plain = _run(results, "gateway", workload, connections).get("rps", 0)
-            audited = _run(results, "gateway+audit", workload, connections).get("rps", 0)
-            lines.append(
-                f"| {workload} | {connections} | {audited / plain if plain else 0:.2f} |"
-            )
+            plain = _run(results, "gateway", workload, connections)
+            audited = _run(results, "gateway+audit", workload, connections)
+            ratio = audited.get("rps", 0) / plain["rps"] if plain.get("rps") else 0
+            added = [
+                f"{audited[k] - plain[k]:+.1f}" if k in audited and k in plain else "–"
+                for k in ("cpu_us", "db_cpu_us")
+            ]
+            lines.append(f"| {workload} | {connections} | {ratio:.2f} | {' | '.join(added)} |")
     presign = results["presign"]
     lines += [
         "",

@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 import botocore.auth
 import botocore.session
+import psutil
 from botocore.config import Config
 
 from service.disposition import content_disposition
@@ -188,6 +189,21 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every Postgres server process on the machine (the embedded one's)."""
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] == "postgres" and process.info["cpu_times"]:
+            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+    return total
 
 
 def run_wrk(wrk: str, port: int, connections: int, seconds: int, data: Path) -> dict[str, Any]:
@@ -363,7 +379,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     if name != "ceiling":
                         mismatches = await verify_locations(port, workload, tokens, args.verify)
                     for connections in args.connections:
+                        # CPU per request, the server's and Postgres': what a request costs
+                        # whatever else the machine is doing (its speed drifts).
+                        cpu_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
                         stats = run_wrk(wrk, port, connections, args.seconds, data)
+                        requests = max(stats["requests"], 1)
+                        stats["cpu_us"] = round(
+                            (cpu_seconds(process.pid) - cpu_before) / requests * 1e6, 1
+                        )
+                        stats["db_cpu_us"] = round(
+                            (postgres_cpu_seconds() - db_before) / requests * 1e6, 1
+                        )
                         stats.update(server=name, workload=workload.name,
                                      connections=connections, rss_mb=round(rss_mb(process.pid), 1),
                                      location_mismatches=mismatches)  # fmt: skip
@@ -416,7 +442,9 @@ def main() -> None:
     if not full:
         for run in results["runs"]:
             print(f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
-                  f"{run['rps']:>7,} req/s  p99 {run['p99_ms']:.1f} ms  {run['error_kinds']}")  # fmt: skip
+                  f"{run['rps']:>7,} req/s  p99 {run['p99_ms']:.1f} ms  "
+                  f"CPU {run['cpu_us']} µs/req  Postgres {run['db_cpu_us']} µs/req  "
+                  f"{run['error_kinds']}")  # fmt: skip
         return
 
     RESULTS.mkdir(exist_ok=True)
