@@ -137,7 +137,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 def page_size(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # The document's pattern exactly: no sign, no leading zero, 1 to 100.
+    if raw.isascii() and raw.isdigit() and raw[0] != "0" and int(raw[:4]) <= MAX_PAGE_SIZE:
         return int(raw)
     raise Problem("invalid_request", reason="limit")
 

@@ -175,7 +175,8 @@ async def test_the_default_page_size_is_50(client, make_tenant):
 @pytest.mark.parametrize(
     "query",
     [
-        {"limit": "0"}, {"limit": "101"}, {"limit": "-1"}, {"limit": "ten"}, {"limit": "١٢"},
+        {"limit": "0"}, {"limit": "101"}, {"limit": "010"}, {"limit": "1000"},
+        {"limit": "-1"}, {"limit": "ten"}, {"limit": "١٢"},
         {"limit": ""}, {"cursor": "not-a-cursor"}, {"cursor": "123"}, {"cursor": ""},
         {"cursor": "1" * 18 + "." + "a" * 32}, {"cursor": "12." + "A" * 32},
         {"cursor": "12." + "a" * 32 + "\n"}, {"cursor": "-1." + "a" * 32},
