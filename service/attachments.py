@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .disposition import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
 from .handlers import canonical_uuid
+from .invalidation import apply_notification
 from .keys import CACHES, DATABASE, PRINCIPAL, SETTINGS, STORAGE
 from .problems import CHALLENGE_INVALID_TOKEN, Problem, unauthorized
 
@@ -104,10 +105,8 @@ def requested_id(request: web.Request) -> uuid.UUID:
 
 
 def forget(request: web.Request, attachment_id: uuid.UUID) -> None:
-    """This process drops the attachment at once; the others hear it through NOTIFY."""
-    caches = request.app[CACHES]
-    caches.generation += 1
-    caches.forget_attachment(str(attachment_id))
+    """This process drops the attachment at once, as the NOTIFY the others hear would."""
+    apply_notification(request.app[CACHES], f"attachment:{attachment_id}")
 
 
 async def show(request: web.Request) -> web.Response:

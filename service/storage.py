@@ -253,9 +253,7 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
         internal = await stack.enter_async_context(
             await _client_context(settings, settings.s3_endpoint_url, session)
         )
-    storage = Storage(client, None, expires, signer, UrlLifetime(credentials))
-    storage.internal = internal
-    return storage
+    return Storage(client, None, expires, signer, UrlLifetime(credentials), internal=internal)
 
 
 @contextlib.asynccontextmanager
