@@ -238,11 +238,12 @@ async def test_a_cached_key_still_expires_on_time(client, conn, make_tenant, mak
 
 async def test_one_query_on_a_cold_download(serve_app, settings, make_tenant, make_attachment):
     """Key, entitlement and attachment come back in one round trip when nothing is cached."""
+    # Rows first: the app starts listening after their NOTIFYs, which cannot evict what it caches.
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
     app = create_app(replace(settings, db_pool_max_size=1))
     client = await serve_app(app)
     await wait_until(lambda: _true(app[CACHES].live))
-    tenant = await make_tenant()
-    attachment_id = await make_attachment(tenant.workspace_id)
     path = f"/api/v1/attachments/{attachment_id}/download"
     await client.get("/api/v1/anything", headers={"Authorization": "Bearer " + generate_token()})
     logged = []
@@ -262,11 +263,12 @@ async def test_concurrent_cold_lookups_share_a_query_and_never_cross_tenants(
 ):
     """Attachment lookups of one loop iteration go out as one query; each (id, workspace)
     pair still matches only its own workspace's attachment."""
+    # Rows first: a late NOTIFY of their creation would evict a warmed key (seen once in CI).
+    tenants = [await make_tenant(), await make_tenant()]
+    owned = [[await make_attachment(t.workspace_id) for _ in range(8)] for t in tenants]
     app = create_app(replace(settings, db_pool_max_size=1))
     client = await serve_app(app)
     await wait_until(lambda: _true(app[CACHES].live))
-    tenants = [await make_tenant(), await make_tenant()]
-    owned = [[await make_attachment(t.workspace_id) for _ in range(8)] for t in tenants]
     for tenant in tenants:  # keys cached: what follows needs attachments only
         await client.get("/api/v1/anything", headers=tenant.auth())
     logged = []
