@@ -67,6 +67,7 @@ WORKLOADS = (Workload("warm", 10_000, 100), Workload("cold", 1_000_000, 100))
 # the audit trail; "gateway+audit" adds the audit trail (one row per download, COPYed);
 # "gateway+log" is the gateway as shipped: audit trail and one JSON access line a request.
 SERVERS = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log")
+AUDITED = ("gateway+audit", "gateway+log")
 WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
 
 
@@ -243,6 +244,28 @@ def botocore_client() -> Any:
     )  # fmt: skip
 
 
+async def audit_queued(port: int) -> int:
+    """The gateway's audit rows not yet written (its gateway_audit_queued metric)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith("gateway_audit_queued "):
+                    return int(float(line.split()[1]))
+    raise RuntimeError("no gateway_audit_queued metric: is the audit trail on?")
+
+
+async def audit_drained(port: int, timeout: float = 60.0) -> float:
+    """Seconds until the audit queue is empty after the load stopped."""
+    started = time.monotonic()
+    while await audit_queued(port):
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"audit queue not drained in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+    return round(time.monotonic() - started, 2)
+
+
 async def verify_locations(port: int, workload: Workload, tokens: list[str], n: int) -> int:
     """Fetch n redirects and recompute each Location with botocore: mismatches."""
     from urllib.parse import parse_qs, urlsplit
@@ -369,7 +392,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for name in args.servers:
                 port = free_port()
                 level = "INFO" if name == "gateway+log" else "WARNING"
-                env = server_env(database_url, level, audit=name != "gateway")
+                env = server_env(database_url, level, audit=name in AUDITED)
                 process = start_server(name, port, env)
                 try:
                     await wait_listening(port, process)
@@ -384,6 +407,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         cpu_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
                         stats = run_wrk(wrk, port, connections, args.seconds, data)
                         requests = max(stats["requests"], 1)
+                        if name in AUDITED:
+                            # Rows still queued when the load stops are this run's cost too:
+                            # the CPU is read once they are written, not left to the next run.
+                            stats["audit_backlog"] = await audit_queued(port)
+                            stats["audit_drain_s"] = await audit_drained(port)
                         stats["cpu_us"] = round(
                             (cpu_seconds(process.pid) - cpu_before) / requests * 1e6, 1
                         )
