@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .audit import audit_row, client_address
+from .audit import client_address
 from .caches import MISSING
 from .db import find_key, find_key_and_attachment
 from .handlers import canonical_uuid
@@ -204,9 +204,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
     except Problem as problem:
         if trail is not None:
-            trail.record(audit_row(request, principal, problem.code, problem.type.status, None))
+            trail.record(request, principal, problem.code, problem.type.status, None)
         raise
     if trail is not None:
         expires_at = request.get(ISSUED_UNTIL)
-        trail.record(audit_row(request, principal, "issued", response.status, expires_at))
+        trail.record(request, principal, "issued", response.status, expires_at)
     return response

@@ -14,11 +14,13 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
 from service.audit import COLUMNS, AuditTrail, maintain_partitions
+from service.auth import Principal
 from service.inet_codec import use_string_inet_codec
 from service.keys import AUDIT
 from service.seaweed import free_port
@@ -32,6 +34,20 @@ def audit_record(at, workspace_id, **fields):
               "outcome": "issued", "status": 307, "client_address": None,
               "user_agent": None, "expires_at": None, **fields}  # fmt: skip
     return tuple(values[column] for column in COLUMNS)
+
+
+def record_downloads(trail, workspace_id, times, key_id=None):
+    """Downloads handed to the trail as the auth middleware hands them over."""
+    attachment_id = str(uuid.uuid4())
+    request = make_mocked_request(
+        "GET",
+        f"/api/v1/attachments/{attachment_id}/download",
+        headers={"User-Agent": "test"},
+        match_info={"id": attachment_id},
+    )
+    principal = Principal(key_id or uuid.uuid4(), workspace_id, "read", "ixk_test", True, None)
+    for _ in range(times):
+        trail.record(request, principal, "issued", 307, None)
 
 
 async def recorded(conn, workspace_id):
@@ -107,9 +123,7 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(database_url):
     try:
         trail = AuditTrail(pool, queue_size=3, flush_seconds=1)
         workspace, key = uuid.uuid4(), uuid.uuid4()
-        row = audit_record(datetime.now(UTC), workspace, key_id=key)
-        for _ in range(5):
-            trail.record(row)
+        record_downloads(trail, workspace, 5, key_id=key)
         assert (len(trail), trail.dropped) == (3, 2)
         await trail.flush()
         assert (len(trail), trail.written) == (0, 3)
@@ -128,9 +142,7 @@ async def test_a_backlog_is_written_in_few_round_trips_on_a_busy_loop(database_u
     try:
         trail = AuditTrail(pool, queue_size=30_000, flush_seconds=1)
         workspace = uuid.uuid4()
-        row = audit_record(datetime.now(UTC), workspace)
-        for _ in range(25_000):
-            trail.record(row)
+        record_downloads(trail, workspace, 25_000)
         await pool.fetchval("SELECT 1")  # connected: the test counts the writing alone
         iterations = 0
 
@@ -161,8 +173,7 @@ async def test_a_failed_write_is_kept_for_the_next_flush(database_url):
         f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", min_size=0, timeout=1
     )
     trail = AuditTrail(dead, queue_size=10, flush_seconds=1)
-    row = audit_record(datetime.now(UTC), uuid.uuid4())
-    trail.record(row)
+    record_downloads(trail, uuid.uuid4(), 1)
     await trail.flush()  # no exception
     assert (len(trail), trail.written, trail.dropped) == (1, 0, 0)
     await dead.close()
