@@ -45,8 +45,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| workload | conns | gateway+audit / gateway req/s | server CPU µs/req added "
-        "| Postgres CPU µs/req added |",
-        "|---|---|---|---|---|",
+        "| Postgres CPU µs/req added | audit rows queued at the end |",
+        "|---|---|---|---|---|---|",
     ]
     for workload in ("warm", "cold"):
         for connections in (64, 1024):
@@ -57,7 +57,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{audited[k] - plain[k]:+.1f}" if k in audited and k in plain else "–"
                 for k in ("cpu_us", "db_cpu_us")
             ]
-            lines.append(f"| {workload} | {connections} | {ratio:.2f} | {' | '.join(added)} |")
+            backlog = audited.get("audit_backlog", "–")
+            lines.append(
+                f"| {workload} | {connections} | {ratio:.2f} | {' | '.join(added)} | {backlog} |"
+            )
     presign = results["presign"]
     lines += [
         "",

@@ -2,8 +2,8 @@
 
 One run starts, one at a time and on the same data: (1) the ceiling, bare aiohttp
 answering the route with a constant 307; (2) the naive build (two queries and aiobotocore
-per request); (3) the gateway. Servers are pinned to CPU 0 and wrk to CPU 1 when taskset
-exists. Workloads: warm (10,000 attachments, 100 keys) and cold (1,000,000 attachments),
+per request); (3) the gateway. Servers are pinned to CPU 0, wrk (when taskset exists) and
+the embedded Postgres to CPU 1. Workloads: warm (10,000 attachments, 100 keys) and cold (1,000,000 attachments),
 each at 64 and 1,024 connections; then 5,000 idle keep-alive connections held against
 the gateway; then a microbenchmark of presigning alone. A sample of every server's
 Locations is checked against botocore's own signer. Results go to bench/results/.
@@ -444,7 +444,20 @@ async def database(args: argparse.Namespace, workdir: Path) -> tuple[str, Any]:
 
     shutil.rmtree(workdir / "pg", ignore_errors=True)
     server = pgserver.get_server(workdir / "pg", cleanup_mode="delete")
+    pin_postgres(workdir / "pg", cpu=1)
     return server.get_uri(), server.cleanup
+
+
+def pin_postgres(data_dir: Path, cpu: int) -> None:
+    """Postgres on wrk's core: the server under test keeps CPU 0 to itself, as it would
+    with its database on another machine (Postgres writing audit rows, vacuuming them,
+    once took turns on the server's core). Backends started later inherit the affinity."""
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "postgres" and str(data_dir) in " ".join(
+            process.info["cmdline"] or ()
+        ):
+            for member in (process, *process.children(recursive=True)):
+                member.cpu_affinity([cpu])
 
 
 def main() -> None:

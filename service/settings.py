@@ -68,7 +68,7 @@ class Settings:
     # The download audit trail (see audit.py).
     audit_enabled: bool = True
     audit_queue_size: int = 100_000
-    audit_flush_seconds: float = 0.25
+    audit_flush_seconds: float = 1.0
     audit_retention_days: int = 400
     # Comma-separated addresses or networks whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
