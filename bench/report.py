@@ -68,6 +68,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"signer {presign['gateway_us']} µs ({presign['speedup']}× faster); "
         f"{presign['gateway_unseen_us']} µs for keys and filenames it has not encoded before.",
     ]
+    if "full_caches" in results:
+        full = results["full_caches"]
+        filled = ", ".join(f"{name} {count:,}" for name, count in full["entries"].items())
+        lines.append(f"Caches filled at default sizes ({filled} entries): gateway RSS "
+                     f"{full['rss_mb']} MB.")  # fmt: skip
     if "idle" in results:
         idle = results["idle"]
         lines.append(

@@ -52,9 +52,9 @@ class Settings:
     presigner: str = "fast"
     # A URL may be handed out again for this long (0: never); see README, "URL reuse".
     url_reuse_seconds: int = 60
-    url_cache_size: int = 100_000
+    url_cache_size: int = 50_000
     key_cache_size: int = 10_000
-    attachment_cache_size: int = 100_000
+    attachment_cache_size: int = 50_000
     cache_ttl_seconds: float = 30.0
 
     # Abuse limits (requests per second, burst); a rate of 0 turns a limit off. Per process.

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,83 +119,77 @@ async def test_x_forwarded_for_counts_only_from_trusted_proxies(
     assert str(row["client_address"]) == "127.0.0.1"
 
 
-async def test_a_full_queue_drops_and_counts_instead_of_waiting(database_url):
-    pool = await asyncpg.create_pool(database_url, min_size=0)
-    try:
-        trail = AuditTrail(pool, queue_size=3, flush_seconds=1)
-        workspace, key = uuid.uuid4(), uuid.uuid4()
-        record_downloads(trail, workspace, 5, key_id=key)
-        assert (len(trail), trail.dropped) == (3, 2)
-        await trail.flush()
-        assert (len(trail), trail.written) == (0, 3)
-        count = await pool.fetchval(
-            "SELECT count(*) FROM download_audit WHERE workspace_id = $1", workspace
-        )
-        assert count == 3
-    finally:
-        await pool.close()
+@pytest.fixture
+async def pool(database_url):
+    pool = await asyncpg.create_pool(database_url, min_size=1)
+    yield pool
+    await pool.close()
 
 
-async def test_a_backlog_is_written_in_few_round_trips_on_a_busy_loop(database_url):
+async def rows_of(pool, workspace_id):
+    return await pool.fetchval(
+        "SELECT count(*) FROM download_audit WHERE workspace_id = $1", workspace_id
+    )
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_waiting(pool):
+    trail = AuditTrail(pool, queue_size=3, flush_seconds=1)
+    workspace, key = uuid.uuid4(), uuid.uuid4()
+    record_downloads(trail, workspace, 5, key_id=key)
+    assert (len(trail), trail.dropped) == (3, 2)
+    await trail.flush()
+    assert (len(trail), trail.written) == (0, 3)
+    assert await rows_of(pool, workspace) == 3
+
+
+async def test_a_backlog_is_written_in_few_round_trips_on_a_busy_loop(pool):
     """With 1,024 busy connections every await on Postgres costs a whole loop iteration:
     the writer must drain a backlog in a handful of them, or it falls behind for good."""
-    pool = await asyncpg.create_pool(database_url, min_size=0)
-    try:
-        trail = AuditTrail(pool, queue_size=30_000, flush_seconds=1)
-        workspace = uuid.uuid4()
-        record_downloads(trail, workspace, 25_000)
-        await pool.fetchval("SELECT 1")  # connected: the test counts the writing alone
-        iterations = 0
+    trail = AuditTrail(pool, queue_size=30_000, flush_seconds=1)
+    workspace = uuid.uuid4()
+    record_downloads(trail, workspace, 25_000)
+    iterations = 0
 
-        async def busy_requests():  # each iteration holds the loop as a full one would
-            nonlocal iterations
-            while True:
-                iterations += 1
-                time.sleep(0.02)
-                await asyncio.sleep(0)
+    async def busy_requests():  # each iteration holds the loop as a full one would
+        nonlocal iterations
+        while True:
+            iterations += 1
+            time.sleep(0.02)
+            await asyncio.sleep(0)
 
-        busy = asyncio.create_task(busy_requests())
-        await trail.flush()
-        busy.cancel()
-        assert (len(trail), trail.written) == (0, 25_000)
-        # Measured: 43-50 iterations (one acquire, three COPYs encoded in turns of 1,000
-        # rows, flow control, Postgres's own time); one acquire and COPY per 1,000 rows: 226.
-        assert iterations <= 100, iterations
-        count = await pool.fetchval(
-            "SELECT count(*) FROM download_audit WHERE workspace_id = $1", workspace
-        )
-        assert count == 25_000
-    finally:
-        await pool.close()
+    busy = asyncio.create_task(busy_requests())
+    await trail.flush()
+    busy.cancel()
+    assert (len(trail), trail.written) == (0, 25_000)
+    # Measured: 43-50 iterations (one acquire, three COPYs encoded in turns of 1,000
+    # rows, flow control, Postgres's own time); one acquire and COPY per 1,000 rows: 226.
+    assert iterations <= 100, iterations
+    assert await rows_of(pool, workspace) == 25_000
 
 
-async def test_writing_a_large_batch_lets_requests_in_between(database_url):
+async def test_writing_a_large_batch_lets_requests_in_between(pool):
     """Encoding 10,000 rows in one pass held the loop ~30 ms; in turns of 1,000, ~3.5 ms."""
-    pool = await asyncpg.create_pool(database_url, min_size=1)
-    try:
-        holds = []
-        for _ in range(3):  # the best of three: one preemption by the OS is not ours
-            trail = AuditTrail(pool, queue_size=20_000, flush_seconds=1)
-            record_downloads(trail, uuid.uuid4(), 10_000)
-            gaps = []
+    holds = []
+    for _ in range(3):  # the best of three: one preemption by the OS is not ours
+        trail = AuditTrail(pool, queue_size=20_000, flush_seconds=1)
+        record_downloads(trail, uuid.uuid4(), 10_000)
+        gaps = []
 
-            async def ticker(gaps=gaps):
-                last = time.perf_counter()
-                while True:
-                    await asyncio.sleep(0)
-                    now = time.perf_counter()
-                    gaps.append(now - last)
-                    last = now
+        async def ticker(gaps=gaps):
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
 
-            ticking = asyncio.create_task(ticker())
-            await asyncio.sleep(0.01)
-            await trail.flush()
-            ticking.cancel()
-            assert trail.written == 10_000
-            holds.append(max(gaps))
-        assert min(holds) < 0.015, holds
-    finally:
-        await pool.close()
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        await trail.flush()
+        ticking.cancel()
+        assert trail.written == 10_000
+        holds.append(max(gaps))
+    assert min(holds) < 0.015, holds
 
 
 async def test_a_failed_write_is_kept_for_the_next_flush(database_url):
@@ -208,49 +203,38 @@ async def test_a_failed_write_is_kept_for_the_next_flush(database_url):
     await dead.close()
 
 
-async def test_a_batch_postgres_refuses_is_dropped_not_retried_forever(database_url):
-    pool = await asyncpg.create_pool(database_url, min_size=0)
-    try:
-        trail = AuditTrail(pool, queue_size=10, flush_seconds=1)
-        workspace = uuid.uuid4()
-        record_downloads(trail, workspace, 2, key_prefix="ixk_\x00")  # no Postgres text holds NUL
-        await trail.flush()
-        assert (len(trail), trail.written, trail.dropped) == (0, 0, 2)
-        record_downloads(trail, workspace, 1)  # the rows behind it are not held up
-        await trail.flush()
-        assert (len(trail), trail.written, trail.dropped) == (0, 1, 2)
-        count = await pool.fetchval(
-            "SELECT count(*) FROM download_audit WHERE workspace_id = $1", workspace
-        )
-        assert count == 1
-    finally:
-        await pool.close()
+async def test_a_batch_postgres_refuses_is_dropped_not_retried_forever(pool):
+    trail = AuditTrail(pool, queue_size=10, flush_seconds=1)
+    workspace = uuid.uuid4()
+    record_downloads(trail, workspace, 2, key_prefix="ixk_\x00")  # no Postgres text holds NUL
+    await trail.flush()
+    assert (len(trail), trail.written, trail.dropped) == (0, 0, 2)
+    record_downloads(trail, workspace, 1)  # the rows behind it are not held up
+    await trail.flush()
+    assert (len(trail), trail.written, trail.dropped) == (0, 1, 2)
+    assert await rows_of(pool, workspace) == 1
 
 
-async def test_monthly_partitions_and_retention(database_url):
-    pool = await asyncpg.create_pool(database_url, min_size=0)
-    try:
-        workspace = uuid.uuid4()
-        old = datetime(2024, 1, 15, tzinfo=UTC)
-        async with pool.acquire() as conn:
-            await conn.copy_records_to_table(
-                "download_audit", records=[audit_record(old, workspace)], columns=COLUMNS
-            )
-        # "Today" is 2024-01-20: January and February get partitions; January's row moves.
-        await maintain_partitions(pool, retention_days=400, today=date(2024, 1, 20))
-        where = await pool.fetchval(
-            "SELECT tableoid::regclass::text FROM download_audit WHERE workspace_id = $1",
-            workspace,
+async def test_monthly_partitions_and_retention(pool):
+    workspace = uuid.uuid4()
+    old = datetime(2024, 1, 15, tzinfo=UTC)
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table(
+            "download_audit", records=[audit_record(old, workspace)], columns=COLUMNS
         )
-        assert where == "download_audit_202401"
-        names = await pool.fetch("SELECT relname FROM pg_class WHERE relname ~ '^download_audit_2'")
-        assert {"download_audit_202401", "download_audit_202402"} <= {r[0] for r in names}
-        # Two years on, January 2024 is past a 400-day retention: its partition goes.
-        await maintain_partitions(pool, retention_days=400, today=date(2026, 1, 20))
-        assert await pool.fetchval("SELECT to_regclass('download_audit_202401')") is None
-        assert await pool.fetchval("SELECT to_regclass('download_audit_202601')") is not None
-    finally:
-        await pool.close()
+    # "Today" is 2024-01-20: January and February get partitions; January's row moves.
+    await maintain_partitions(pool, retention_days=400, today=date(2024, 1, 20))
+    where = await pool.fetchval(
+        "SELECT tableoid::regclass::text FROM download_audit WHERE workspace_id = $1",
+        workspace,
+    )
+    assert where == "download_audit_202401"
+    names = await pool.fetch("SELECT relname FROM pg_class WHERE relname ~ '^download_audit_2'")
+    assert {"download_audit_202401", "download_audit_202402"} <= {r[0] for r in names}
+    # Two years on, January 2024 is past a 400-day retention: its partition goes.
+    await maintain_partitions(pool, retention_days=400, today=date(2026, 1, 20))
+    assert await pool.fetchval("SELECT to_regclass('download_audit_202401')") is None
+    assert await pool.fetchval("SELECT to_regclass('download_audit_202601')") is not None
 
 
 def test_the_audit_command_reads_it_back(database_url):

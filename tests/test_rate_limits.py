@@ -7,12 +7,26 @@ import asyncio
 import re
 from dataclasses import replace
 
+import pytest
+
 from service.app import create_app
 from service.tokens import generate_token
 from tests.http import assert_problem
 
 POLICY = re.compile(r'^"(?P<name>[a-z-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
 REMAINING = re.compile(r'^"(?P<name>[a-z-]+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
+
+
+@pytest.fixture
+def limited_gateway(serve_app, settings, make_tenant, make_attachment):
+    """A gateway with these limits, a tenant and one of its attachments."""
+
+    async def start(**limits):
+        client = await serve_app(create_app(replace(settings, **limits)))
+        tenant = await make_tenant()
+        return client, tenant, await make_attachment(tenant.workspace_id)
+
+    return start
 
 
 async def download(client, attachment_id, headers):
@@ -34,12 +48,11 @@ def assert_rate_limited(response, body, policy, quota):
 
 
 async def test_a_key_over_its_limit_gets_429_and_its_redirects_carry_no_limit_fields(
-    serve_app, settings, make_tenant, make_attachment
+    limited_gateway,
 ):
-    limited = replace(settings, rate_limit_per_key=0.5, rate_limit_burst_per_key=5)
-    client = await serve_app(create_app(limited))
-    tenant = await make_tenant()
-    attachment_id = await make_attachment(tenant.workspace_id)
+    client, tenant, attachment_id = await limited_gateway(
+        rate_limit_per_key=0.5, rate_limit_burst_per_key=5
+    )
     for _ in range(5):
         response, _ = await download(client, attachment_id, tenant.auth())
         assert response.status == 307
@@ -52,13 +65,10 @@ async def test_a_key_over_its_limit_gets_429_and_its_redirects_carry_no_limit_fi
     assert response.status == 307
 
 
-async def test_the_keys_of_a_workspace_share_its_limit(
-    serve_app, settings, make_tenant, make_attachment
-):
-    limited = replace(settings, rate_limit_per_workspace=0.5, rate_limit_burst_per_workspace=6)
-    client = await serve_app(create_app(limited))
-    tenant = await make_tenant()
-    attachment_id = await make_attachment(tenant.workspace_id)
+async def test_the_keys_of_a_workspace_share_its_limit(limited_gateway):
+    client, tenant, attachment_id = await limited_gateway(
+        rate_limit_per_workspace=0.5, rate_limit_burst_per_workspace=6
+    )
     for scope in ("read", "write", "read", "write", "read", "write"):
         assert (await download(client, attachment_id, tenant.auth(scope)))[0].status == 307
     response, body = await download(client, attachment_id, tenant.auth("write"))
@@ -66,12 +76,10 @@ async def test_the_keys_of_a_workspace_share_its_limit(
 
 
 async def test_an_address_that_keeps_guessing_is_refused_even_a_right_guess(
-    serve_app, settings, make_tenant, make_attachment
+    serve_app, settings, limited_gateway
 ):
-    limited = replace(settings, failed_auth_per_address=0.2, failed_auth_burst_per_address=10)
-    client = await serve_app(create_app(limited))
-    tenant = await make_tenant()
-    attachment_id = await make_attachment(tenant.workspace_id)
+    limits = {"failed_auth_per_address": 0.2, "failed_auth_burst_per_address": 10}
+    client, tenant, attachment_id = await limited_gateway(**limits)
     guesses = [generate_token() for _ in range(5)] + ["ixk_malformed"] * 5
     for guess in guesses:
         response, _ = await download(client, attachment_id, {"Authorization": f"Bearer {guess}"})
@@ -79,7 +87,7 @@ async def test_an_address_that_keeps_guessing_is_refused_even_a_right_guess(
     response, body = await download(client, attachment_id, tenant.auth())
     assert_rate_limited(response, body, "failed-auth", quota=10)
     # A missing header is not a guess: it never counts (nor does a success).
-    fresh = await serve_app(create_app(limited))
+    fresh = await serve_app(create_app(replace(settings, **limits)))
     for _ in range(15):
         assert (await fresh.get("/api/v1/anything")).status == 401
     assert (await download(fresh, attachment_id, tenant.auth()))[0].status == 307

@@ -4,6 +4,7 @@ gateway answers 503 with Retry-After in bounded time, never 500, and recovers al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import asyncpg
@@ -21,6 +22,15 @@ def assert_only_redirects_and_unavailable(answers):
         if answer.status == 503:
             assert answer.code == "service_unavailable", answer
             assert int(answer.retry_after) > 0, answer
+
+
+@contextlib.asynccontextmanager
+async def behind_a_proxy(database_url, start_gateway, **env):
+    """A seeded database, a latency proxy in front of it, and a gateway that goes through it."""
+    seeded = await seed(database_url)
+    proxy, dsn = postgres_proxy(database_url)
+    async with proxy:
+        yield seeded, proxy, await start_gateway(DATABASE_URL=dsn.format(port=proxy.port), **env)
 
 
 async def gateway_backends(dsn: str) -> int:
@@ -73,14 +83,11 @@ async def test_postgres_restart_under_load(private_postgres, start_gateway):
 async def test_slow_then_silent_database_answers_503_in_time_and_stops_cleanly(
     database_url, start_gateway
 ):
-    seeded = await seed(database_url)
-    proxy, dsn = postgres_proxy(database_url)
-    async with proxy:
-        gateway = await start_gateway(
-            DATABASE_URL=dsn.format(port=proxy.port),
-            DB_CONNECT_TIMEOUT="1", DB_ACQUIRE_TIMEOUT="1", DB_STATEMENT_TIMEOUT="1",
-            SHUTDOWN_GRACE_SECONDS="3", **NO_CACHES,
-        )  # fmt: skip
+    async with behind_a_proxy(
+        database_url, start_gateway,
+        DB_CONNECT_TIMEOUT="1", DB_ACQUIRE_TIMEOUT="1", DB_STATEMENT_TIMEOUT="1",
+        SHUTDOWN_GRACE_SECONDS="3", **NO_CACHES,
+    ) as (seeded, proxy, gateway):  # fmt: skip
         async with Load(gateway.url, seeded.paths(), seeded.auth, concurrency=4) as load:
             await asyncio.sleep(1.0)
             proxy.delay = 0.15  # slow: every round trip at least 0.3 s
@@ -107,13 +114,9 @@ async def test_slow_then_silent_database_answers_503_in_time_and_stops_cleanly(
 async def test_pool_exhaustion_queues_briefly_then_503_and_the_pool_is_whole(
     database_url, start_gateway
 ):
-    seeded = await seed(database_url)
-    proxy, dsn = postgres_proxy(database_url)
-    async with proxy:
-        gateway = await start_gateway(
-            DATABASE_URL=dsn.format(port=proxy.port),
-            DB_POOL_MAX_SIZE="2", DB_ACQUIRE_TIMEOUT="1", **NO_CACHES,
-        )  # fmt: skip
+    async with behind_a_proxy(
+        database_url, start_gateway, DB_POOL_MAX_SIZE="2", DB_ACQUIRE_TIMEOUT="1", **NO_CACHES
+    ) as (seeded, proxy, gateway):
         proxy.delay = 0.2  # each query holds its connection for at least 0.4 s
         async with Load(gateway.url, seeded.paths(), seeded.auth, concurrency=0) as burst:
             answers = await asyncio.gather(*(burst.one(p) for p in seeded.paths()))
