@@ -39,7 +39,7 @@ COLUMNS = (
     "status", "client_address", "user_agent", "expires_at",
 )  # fmt: skip
 # Rows queued that wake the writer before AUDIT_FLUSH_SECONDS is up. Postgres spends about
-# 1.5 ms on each COPY statement besides its rows: measured at 10k rows/s, all of its
+# 2.5 ms on each COPY statement besides its rows: measured at 10k rows/s, all of its
 # processes' CPU per row was 4.3-5.3 us in COPYs of 1,000 rows and 2.5-2.9 us in 5,000.
 BATCH_SIZE = 5000
 # Rows per COPY at most. Under a saturated event loop every round trip to Postgres waits a
