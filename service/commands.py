@@ -293,11 +293,18 @@ async def attachment_delete(settings: Settings, args: argparse.Namespace) -> Res
 SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def parse_since(value: str) -> datetime:
-    """`30m`, `12h`, `7d` ago, or an ISO 8601 moment (UTC unless it says otherwise)."""
+def relative_age(value: str) -> timedelta | None:
+    """`30m`, `12h`, `7d` as a duration; None for anything else."""
     unit = SINCE_UNITS.get(value[-1:])
     if unit and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * unit)
+        return timedelta(seconds=int(value[:-1]) * unit)
+    return None
+
+
+def parse_since(value: str) -> datetime:
+    """`30m`, `12h`, `7d` ago, or an ISO 8601 moment (UTC unless it says otherwise)."""
+    if (age := relative_age(value)) is not None:
+        return datetime.now(UTC) - age
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -324,10 +331,10 @@ async def audit(settings: Settings, args: argparse.Namespace) -> Result:
 
 def parse_age(value: str) -> timedelta:
     """`90m`, `12h`, `30d`: an age, not a moment."""
-    unit = SINCE_UNITS.get(value[-1:])
-    if not (unit and value[:-1].isdigit()):
+    age = relative_age(value)
+    if age is None:
         raise UsageError(f"--older-than {value!r}: use minutes, hours or days (90m, 12h, 30d)")
-    return timedelta(seconds=int(value[:-1]) * unit)
+    return age
 
 
 async def purge(settings: Settings, args: argparse.Namespace) -> Result:
