@@ -194,9 +194,10 @@ class Storage:
             async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
                 head = await self.internal.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in NOT_THERE:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in NOT_THERE:
                 return None
-            log.warning("HEAD of an upload failed: %s", exc.response.get("Error", {}).get("Code"))
+            log.warning("HEAD of an upload failed: %s", code)
             raise Problem("service_unavailable") from exc
         except (BotoCoreError, OSError, TimeoutError) as exc:
             log.warning("HEAD of an upload failed: %s", type(exc).__name__)
