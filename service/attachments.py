@@ -186,8 +186,7 @@ async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str,
     if (
         not isinstance(content_type, str)
         or len(content_type) > MAX_CONTENT_TYPE_CHARS
-        or not content_type.isprintable()  # also refuses the newline `$` would allow
-        or not CONTENT_TYPE.match(content_type)
+        or not CONTENT_TYPE.fullmatch(content_type)
     ):
         raise Problem("invalid_request", reason="content_type")
     size = data.get("size_bytes")

@@ -265,7 +265,7 @@ def audit_row(
         principal.key_prefix,
         # As the gateway reads ids (else NULL); kept as text, which asyncpg's COPY
         # encodes in C: building a UUID object costs more than the rest of the row.
-        raw_id if CANONICAL_UUID.match(raw_id) else None,
+        raw_id if CANONICAL_UUID.fullmatch(raw_id) else None,
         method,
         outcome,
         status,

@@ -113,13 +113,13 @@ def bearer_token(request: web.Request) -> str:
 
 # The download route's path, also when the method is not one of its own (then aiohttp's
 # match has no route name; a DELETE with a read key is still a refusal worth recording).
-DOWNLOAD_PATH = re.compile(r"^/api/v1/attachments/[^/]+/download$")
+DOWNLOAD_PATH = re.compile(r"/api/v1/attachments/[^/]+/download")
 
 
 def is_download(request: web.Request) -> bool:
     return (
         request.match_info.route.name == DOWNLOAD_ROUTE
-        or DOWNLOAD_PATH.match(request.path) is not None
+        or DOWNLOAD_PATH.fullmatch(request.path) is not None
     )
 
 

@@ -211,7 +211,7 @@ async def key_revoke(settings: Settings, args: argparse.Namespace) -> Result:
 
 def _content_type(value: str | None, filename: str) -> str:
     content_type = value or mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    if not CONTENT_TYPE.match(content_type):
+    if not CONTENT_TYPE.fullmatch(content_type):
         raise UsageError(f"{content_type!r} is not a media type")
     return content_type
 

@@ -20,7 +20,8 @@ _ATTR_CHAR_EXTRAS = "!#$&+^`|"
 # (RFC 6266 appendix D: a `%` there may be decoded by some clients).
 _FALLBACK_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%]')
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-CONTENT_TYPE = re.compile(rf'^{_TCHARS}/{_TCHARS}( *; *{_TCHARS}=("[ !#-\[\]-~]*"|{_TCHARS}))* *$')
+# A media type (RFC 9110 8.3.1); always used with fullmatch, so no newline gets through.
+CONTENT_TYPE = re.compile(rf'{_TCHARS}/{_TCHARS}( *; *{_TCHARS}=("[ !#-\[\]-~]*"|{_TCHARS}))* *')
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -34,7 +35,7 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
 
 def safe_content_type(value: str | None) -> str:
     """The stored type if it is a well-formed media type, else octet-stream."""
-    if value and len(value) <= 255 and CONTENT_TYPE.match(value):
+    if value and len(value) <= 255 and CONTENT_TYPE.fullmatch(value):
         return value
     return DEFAULT_CONTENT_TYPE
 

@@ -27,12 +27,13 @@ from .storage import AttachmentTarget, PresignedUrl
 UPLOAD_PENDING_RETRY_SECONDS = 5
 
 # Canonical 8-4-4-4-12 hex only: uuid.UUID() would also take braces, "urn:uuid:"
-# and bare hex, and every alias of an id would be one more way to probe.
-CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# and bare hex, and every alias of an id would be one more way to probe. Always used
+# with fullmatch: "$" also matches before a final newline, which a path can carry (%0A).
+CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 def canonical_uuid(raw: str) -> uuid.UUID | None:
-    return uuid.UUID(raw) if CANONICAL_UUID.match(raw) else None
+    return uuid.UUID(raw) if CANONICAL_UUID.fullmatch(raw) else None
 
 
 async def attachment_target(

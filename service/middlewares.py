@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # An incoming X-Request-ID is kept only if it is short and plain; anything else
 # could forge log lines or carry a secret, so it is replaced, never echoed.
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # Sent on every response: nothing here may be cached (404s are heuristically
 # cacheable, and a redirect holds a credential), leak the URL through Referer,
@@ -48,7 +48,7 @@ class RequestIds:
 def request_id_of(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-ID")
     # Never one that holds an API token: the id is echoed in bodies and every log line.
-    if incoming is not None and _SANE_REQUEST_ID.match(incoming) and PREFIX not in incoming:
+    if incoming is not None and _SANE_REQUEST_ID.fullmatch(incoming) and PREFIX not in incoming:
         return incoming
     return request.app[REQUEST_IDS].next()
 

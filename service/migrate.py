@@ -17,7 +17,7 @@ import asyncpg
 # An arbitrary constant: the advisory lock every migrating process takes.
 MIGRATION_LOCK_ID = 0x1A77_AC4E
 
-_FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_FILE_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 
 class MigrationError(RuntimeError):
@@ -37,7 +37,7 @@ def load_migrations(directory: Path) -> list[Migration]:
         raise MigrationError(f"migrations directory not found: {directory}")
     migrations = []
     for path in sorted(directory.glob("*.sql")):
-        match = _FILE_NAME.match(path.name)
+        match = _FILE_NAME.fullmatch(path.name)
         if match is None:
             raise MigrationError(f"unexpected migration file name: {path.name}")
         data = path.read_bytes()

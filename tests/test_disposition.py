@@ -71,6 +71,7 @@ def test_any_filename_gives_a_well_formed_ascii_header(filename):
         ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
         ('multipart/mixed; boundary="a b"', 'multipart/mixed; boundary="a b"'),
         ("text/html\r\nX-Evil: 1", "application/octet-stream"),
+        ("image/png\n", "application/octet-stream"),  # a regex's "$" matches before it
         ("nonsense", "application/octet-stream"),
         ("", "application/octet-stream"),
         (None, "application/octet-stream"),

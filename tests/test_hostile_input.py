@@ -83,6 +83,16 @@ def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
          "not_found"),
         ("percent nul", request("GET", "/api/v1/attachments/%00/download", good), 404,
          "not_found"),
+        # A regex's "$" also matches before a final newline: such an id once passed the
+        # canonical-form check and crashed the UUID parser (500), or poisoned an audit batch.
+        ("id and a newline", request("GET", f"/api/v1/attachments/{own}%0A/download", good),
+         404, "not_found"),
+        ("id and CRLF", request("GET", f"/api/v1/attachments/{own}%0D%0A/download", good),
+         404, "not_found"),
+        ("metadata id and a newline", request("GET", f"/api/v1/attachments/{own}%0A", good),
+         404, "not_found"),
+        ("delete id and a newline", request("DELETE", f"/api/v1/attachments/{own}%0A",
+         bearer(write_token)), 404, "not_found"),
         ("4 KB id", request("GET", "/api/v1/attachments/" + "a" * 4_000 + "/download", good),
          404, "not_found"),
         # Over aiohttp's 8190-byte request-line limit: its parser answers, before the app.
