@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .inet_codec import use_string_inet_codec
 from .keys import BACKGROUND_DATABASE, DATABASE, SETTINGS
 from .problems import Problem
 from .shutdown import seconds_left
@@ -135,7 +134,6 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
         max_size=BACKGROUND_POOL_SIZE,
         timeout=settings.db_connect_timeout,
         command_timeout=30,
-        init=use_string_inet_codec,  # the audit trail's COPY: see inet_codec.py
     )
     app[BACKGROUND_DATABASE] = Database(background, settings.db_acquire_timeout)
     yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import subprocess
@@ -16,13 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from service.app import create_app
 from service.audit import COLUMNS, AuditTrail, maintain_partitions
 from service.auth import Principal
-from service.inet_codec import use_string_inet_codec
 from service.keys import AUDIT
 from service.seaweed import free_port
 from tests.http import raw_request
@@ -275,63 +271,3 @@ def test_the_audit_command_reads_it_back(database_url):
     assert "ixk_AAAAAAAA" in run().stdout
     bad = subprocess.run([*base, "--since", "yesterday"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--since" in bad.stderr
-
-
-ADDRESSES = [
-    "127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::", "::1", "2001:db8::1",
-    "::ffff:192.0.2.1", "fe80::1%eth0", "2001:db8:85a3::8a2e:370:7334", "1:2:3:4:5:6:7:8",
-]  # fmt: skip
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.ip_addresses().map(str))
-def test_the_fast_inet_codec_writes_what_asyncpg_writes(database_url, address):
-    asyncio.run(_compare_inet(database_url, [address]))
-
-
-async def test_the_fast_inet_codec_on_edge_addresses_and_through_copy(database_url):
-    await _compare_inet(database_url, ADDRESSES)
-    # And through COPY, as the audit trail writes: read back by a plain connection.
-    fast = await asyncpg.connect(database_url)
-    plain = await asyncpg.connect(database_url)
-    try:
-        await use_string_inet_codec(fast)
-        workspace_id = uuid.uuid4()
-        now = datetime.now(UTC)
-        rows = [audit_record(now, workspace_id, client_address=a) for a in ADDRESSES]
-        await fast.copy_records_to_table("download_audit", records=rows, columns=COLUMNS)
-        written = await plain.fetch(
-            "SELECT host(client_address) AS host, masklen(client_address) AS bits"
-            " FROM download_audit WHERE workspace_id = $1",
-            workspace_id,
-        )
-        expected = [ipaddress.ip_address(a.partition("%")[0]) for a in ADDRESSES]
-        assert {(ipaddress.ip_address(r["host"]), r["bits"]) for r in written} == {
-            (ip, ip.max_prefixlen) for ip in expected
-        }
-        assert len(written) == len(ADDRESSES)
-    finally:
-        await fast.close()
-        await plain.close()
-
-
-async def _compare_inet(database_url, addresses):
-    fast = await asyncpg.connect(database_url)
-    plain = await asyncpg.connect(database_url)
-    try:
-        await use_string_inet_codec(fast)
-        for address in addresses:
-            ours = await fast.fetchval("SELECT $1::inet::text", address)
-            # asyncpg's codec takes ipaddress objects; a zone is not part of an inet value.
-            reference = await plain.fetchval(
-                "SELECT $1::inet::text", ipaddress.ip_address(address.partition("%")[0])
-            )
-            assert ours == reference, address
-            # Decoding gives back the address.
-            assert (
-                await fast.fetchval("SELECT $1::inet", address)
-                == ipaddress.ip_address(address.partition("%")[0]).compressed
-            )
-    finally:
-        await fast.close()
-        await plain.close()
