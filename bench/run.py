@@ -23,6 +23,7 @@ import platform
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -69,6 +70,9 @@ WORKLOADS = (Workload("warm", 10_000, 100), Workload("cold", 1_000_000, 100))
 SERVERS = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log")
 AUDITED = ("gateway+audit", "gateway+log")
 WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
+# The audit trail's cost is measured again in interleaved pairs of short runs (audit_cost).
+AUDIT_PAIR = {"gateway", "gateway+audit"}
+AUDIT_PAIR_SECONDS = 5
 
 
 def server_env(database_url: str, log_level: str, audit: bool) -> dict[str, str]:
@@ -292,6 +296,62 @@ async def audit_drained(port: int, timeout: float = 60.0) -> float:
     return round(time.monotonic() - started, 2)
 
 
+async def audit_cost(
+    wrk: str, database_url: str, data: Path, connections: tuple[int, ...], pairs: int, seconds: int
+) -> dict[str, dict[str, Any]]:
+    """The audit trail's cost on the warm path, from many short interleaved pairs.
+
+    The machine's speed drifts: the same pure-Python loop takes 0.41-0.69 s from one
+    second to the next, so two runs minutes apart cannot resolve a 10 % difference, and
+    neither can one pair. Here `gateway` and `gateway+audit` are both up (on the same core,
+    only one loaded at a time: a server's CPU per request depends on its load, so running
+    both at once would measure the scheduler) and take turns, who goes first alternating;
+    the audited one's CPU is read once its queue is written. The median of the pairs'
+    ratios is the figure; their range says how little one pair means."""
+    processes = {}
+    try:
+        for name in ("gateway", "gateway+audit"):
+            port = free_port()
+            env = server_env(database_url, "WARNING", audit=name in AUDITED)
+            processes[name] = (port, start_server(name, port, env))
+        for port, process in processes.values():
+            await wait_listening(port, process)
+            run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
+        results = {}
+        for count in connections:
+            rps: dict[str, list[float]] = {name: [] for name in processes}
+            cpu: dict[str, list[float]] = {name: [] for name in processes}
+            for pair in range(pairs):
+                names = list(processes) if pair % 2 == 0 else list(reversed(processes))
+                for name in names:
+                    port, process = processes[name]
+                    before = cpu_seconds(process.pid)
+                    stats = run_wrk(wrk, port, count, seconds, data)
+                    if name in AUDITED:
+                        await audit_drained(port)
+                    rps[name].append(stats["rps"])
+                    cpu[name].append(
+                        (cpu_seconds(process.pid) - before) / max(stats["requests"], 1) * 1e6
+                    )
+            ratios = [a / p for a, p in zip(rps["gateway+audit"], rps["gateway"], strict=True)]
+            added = [a - p for a, p in zip(cpu["gateway+audit"], cpu["gateway"], strict=True)]
+            results[str(count)] = {
+                "pairs": pairs,
+                "seconds": seconds,
+                "rps_ratio_median": round(statistics.median(ratios), 3),
+                "rps_ratio_min": round(min(ratios), 3),
+                "rps_ratio_max": round(max(ratios), 3),
+                "cpu_us_median": round(statistics.median(cpu["gateway"]), 1),
+                "cpu_us_added_median": round(statistics.median(added), 1),
+            }
+            print(f"  audit cost, c={count}: {results[str(count)]}", flush=True)
+        return results
+    finally:
+        for _, process in processes.values():
+            process.terminate()
+            process.wait(20)
+
+
 async def verify_locations(port: int, workload: Workload, tokens: list[str], n: int) -> int:
     """Fetch n redirects and recompute each Location with botocore: mismatches."""
     from urllib.parse import parse_qs, urlsplit
@@ -463,6 +523,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 finally:
                     process.terminate()
                     process.wait(20)
+            if workload.name == "warm" and args.audit_pairs and AUDIT_PAIR <= set(args.servers):
+                print("audit trail's cost, interleaved pairs ...", flush=True)
+                results["audit_cost"] = await audit_cost(
+                    wrk, database_url, data, args.connections, args.audit_pairs,
+                    AUDIT_PAIR_SECONDS,
+                )  # fmt: skip
     finally:
         stop_database()
     return results
@@ -504,6 +570,8 @@ def main() -> None:
     parser.add_argument("--connections", type=lambda v: tuple(map(int, v.split(","))),
                         default=(64, 1024))  # fmt: skip
     parser.add_argument("--no-presign", dest="presign", action="store_false")
+    parser.add_argument("--audit-pairs", type=int, default=12,
+                        help="interleaved gateway / gateway+audit pairs (0: none)")  # fmt: skip
     args = parser.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     results = asyncio.run(bench(args))
@@ -517,6 +585,8 @@ def main() -> None:
                   f"{run['rps']:>7,} req/s  p99 {run['p99_ms']:.1f} ms  "
                   f"CPU {run['cpu_us']} µs/req  Postgres {run['db_cpu_us']} µs/req  "
                   f"{run['error_kinds']}")  # fmt: skip
+        for connections, cost in results.get("audit_cost", {}).items():
+            print(f"audit cost c={connections}: {cost}")
         return
 
     RESULTS.mkdir(exist_ok=True)

@@ -72,19 +72,19 @@ async def presigned_url(
     if not storage.reachable:  # a URL, new or reused, would lead nowhere
         raise Problem("service_unavailable")
     caches = request.app[CACHES]
-    metrics = request.app[METRICS]
+    counts = request.app[METRICS].counts
     variant = () if options is PLAIN else (*options.cache_variant, tuple(target))
     if caches.live:
         reused = caches.url(attachment_id, request.method, variant)
         if reused is not MISSING:
-            metrics.count_presign(request.method, "reused")
+            counts.count_presign(request.method, "reused")
             return reused  # type: ignore[no-any-return]
     generation = caches.generation
     presigned = await storage.presign(request.method, target, options)
     if presigned.shortened:  # never reused: it would fall short of the promised lifetime
-        metrics.count_presign(request.method, "shortened")
+        counts.count_presign(request.method, "shortened")
         return presigned
-    metrics.count_presign(request.method, "signed")
+    counts.count_presign(request.method, "signed")
     # A URL asked to live no longer than the reuse window would expire in the cache.
     reusable = options.expires_in is None or options.expires_in > caches.urls.ttl
     if reusable and caches.live and caches.generation == generation:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from itertools import accumulate
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .keys import AUDIT, CACHES, DATABASE, METRICS, SETTINGS, STORAGE
 
@@ -22,61 +29,82 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+class RequestCounts(Collector):
+    """Requests by route, method and status, their latency by route, and presigned URLs by
+    method and source: what every download updates, counted in plain dicts and lists.
+
+    prometheus_client's metrics take a lock on every update: a counter and a histogram per
+    request and a counter per URL cost 2.7 µs, about 3 % of a warm download; these updates
+    0.6 µs. Only the event loop's thread writes them, and scrapes read them on that loop.
+    Exposed as a Counter and a Histogram would be (tests/test_operability.py compares)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        # route -> observations per bucket (not cumulative), the last one past every bound
+        self.latency: dict[str, list[int]] = {}
+        self.latency_sum: dict[str, float] = {}
+        self.presigns: dict[tuple[str, str], int] = {}
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in KNOWN_METHODS:
+            method = "other"
+        key = (route, method, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        buckets = self.latency.get(route)
+        if buckets is None:
+            buckets = self.latency[route] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.latency_sum[route] = 0.0
+        # Prometheus buckets count observations <= their bound: bisect_left finds it.
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum[route] += seconds
+
+    def count_presign(self, method: str, source: str) -> None:
+        key = (method, source)
+        self.presigns[key] = self.presigns.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "HTTP requests answered, by route template, method and status.",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), count in list(self.requests.items()):
+            requests.add_metric([route, method, str(status)], count)
+        latency = HistogramMetricFamily(
+            "gateway_request_duration_seconds", "Time to answer, by route template.",
+            labels=["route"],
+        )  # fmt: skip
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for route, counts in list(self.latency.items()):
+            cumulative = list(accumulate(counts))
+            latency.add_metric(
+                [route], list(zip(bounds, cumulative, strict=True)), self.latency_sum[route]
+            )
+        presigns = CounterMetricFamily(
+            "gateway_presigned_urls",
+            "Presigned URLs handed out, by method and whether signed now or reused.",
+            labels=["method", "source"],
+        )
+        for (method, source), count in list(self.presigns.items()):
+            presigns.add_metric([method, source], count)
+        yield from (requests, latency, presigns)
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
     registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
-    presigns: Counter
-    auth_failures: Counter
-    # Labelled children, looked up once: labels() validates and locks on every call.
-    _children: dict[tuple[str, ...], Any] = field(default_factory=dict)
-
-    def count_presign(self, method: str, source: str) -> None:
-        key = ("presign", method, source)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.presigns.labels(method, source)
-        child.inc()
-
-    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, str(status))
-        children = self._children.get(key)
-        if children is None:
-            if method not in KNOWN_METHODS:
-                method = "other"
-            children = self._children[key] = (
-                self.requests.labels(route, method, key[2]),
-                self.latency.labels(route),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+    counts: RequestCounts
+    auth_failures: Counter  # refusals only: off the download's hot path
 
 
 def create_metrics(app: web.Application) -> Metrics:
     registry = CollectorRegistry()
     registry.register(RuntimeCollector(app))
+    counts = RequestCounts()
+    registry.register(counts)
     return Metrics(
         registry=registry,
-        requests=Counter(
-            "gateway_requests",
-            "HTTP requests answered, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=registry,
-        ),
-        latency=Histogram(
-            "gateway_request_duration_seconds",
-            "Time to answer, by route template.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        ),
-        presigns=Counter(
-            "gateway_presigned_urls",
-            "Presigned URLs handed out, by method and whether signed now or reused.",
-            ["method", "source"],
-            registry=registry,
-        ),
+        counts=counts,
         auth_failures=Counter(
             "gateway_auth_failures",
             "Requests refused by authentication or authorization, by reason.",

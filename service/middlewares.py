@@ -81,7 +81,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = render_for(request, Problem("internal_error"))
     response.headers.update(SECURITY_HEADERS)
     response.headers["X-Request-ID"] = request_id
-    metrics.count_request(
+    metrics.counts.count_request(
         route_label(request), request.method, response.status, time.perf_counter() - started
     )
     return response

@@ -8,8 +8,12 @@ import re
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from service.app import create_app
+from service.metrics import KNOWN_METHODS, LATENCY_BUCKETS, RequestCounts
 from service.seaweed import free_port
 from service.settings import Settings
 from tests.test_openapi_document import DOCUMENT, HTTP_METHODS
@@ -90,10 +94,70 @@ async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
         == 1
     )
     assert sample(text, "gateway_request_duration_seconds_count", route=route) == 7
+    assert sample(text, "gateway_request_duration_seconds_bucket", route=route, le="+Inf") == 7
+    assert 0 < sample(text, "gateway_request_duration_seconds_sum", route=route) < 7
     assert sample(text, "gateway_db_pool_connections", state="max") == 32
     assert sample(text, "gateway_db_pool_connections", state="open") >= 1
     assert attachment_id.hex not in text and str(attachment_id) not in text
     assert "ixk_" not in text and "X-Amz" not in text
+
+
+def exposition_lines(registry, prefixes):
+    return sorted(
+        line
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith(prefixes) and "_created" not in line
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["/a/{id}", "unmatched"]),
+            st.sampled_from(["GET", "HEAD", "DELETE", "BREW", "get"]),
+            st.sampled_from([200, 307, 404, 500]),
+            st.one_of(st.sampled_from(LATENCY_BUCKETS), st.floats(0, 10, allow_nan=False)),
+            st.sampled_from([("GET", "signed"), ("GET", "reused"), ("HEAD", "shortened")]),
+        ),
+        max_size=60,
+    )
+)
+def test_request_counts_expose_what_prometheus_clients_metrics_would(observations):
+    """The hot path's plain counters against prometheus_client's own Counter and
+    Histogram fed the same observations: the same exposition, line for line."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counts = RequestCounts()
+    ours.register(counts)
+    requests = Counter(
+        "gateway_requests",
+        "HTTP requests answered, by route template, method and status.",
+        ["route", "method", "status"],
+        registry=theirs,
+    )
+    latency = Histogram(
+        "gateway_request_duration_seconds",
+        "Time to answer, by route template.",
+        ["route"],
+        buckets=LATENCY_BUCKETS,
+        registry=theirs,
+    )
+    presigns = Counter(
+        "gateway_presigned_urls",
+        "Presigned URLs handed out, by method and whether signed now or reused.",
+        ["method", "source"],
+        registry=theirs,
+    )
+    for route, method, status, seconds, (signed_method, source) in observations:
+        counts.count_request(route, method, status, seconds)
+        counts.count_presign(signed_method, source)
+        label = method if method in KNOWN_METHODS else "other"
+        requests.labels(route, label, str(status)).inc()
+        latency.labels(route).observe(seconds)
+        presigns.labels(signed_method, source).inc()
+    prefixes = ("gateway_requests", "gateway_request_duration_seconds", "gateway_presigned_urls")
+    assert exposition_lines(ours, prefixes) == exposition_lines(theirs, prefixes)
+    buckets = exposition_lines(ours, ("gateway_request_duration_seconds_bucket",))
+    assert len(buckets) == 14 * len({route for route, *_ in observations})
 
 
 async def test_metrics_can_move_to_their_own_port(serve_app, settings):
