@@ -67,16 +67,17 @@ def markdown(results: dict[str, Any]) -> str:
             "The audit trail's cost again, from interleaved pairs of short runs (both servers "
             "up, taking turns; the machine's speed drifts too much between full runs):",
             "",
-            "| conns | pairs × seconds | gateway+audit / gateway req/s, median | range "
-            "| gateway CPU µs/req | added by the audit trail, median |",
-            "|---|---|---|---|---|---|",
+            "| conns | pairs × seconds | gateway+audit / gateway req/s, median | middle half "
+            "| range | gateway CPU µs/req | added by the audit trail, median |",
+            "|---|---|---|---|---|---|---|",
         ]
         for connections, cost in results["audit_cost"].items():
+            low, high = cost["rps_ratio_quartiles"]
             lines.append(
                 f"| {connections} | {cost['pairs']} × {cost['seconds']} | "
-                f"{cost['rps_ratio_median']:.2f} | {cost['rps_ratio_min']:.2f}–"
-                f"{cost['rps_ratio_max']:.2f} | {cost['cpu_us_median']} | "
-                f"{cost['cpu_us_added_median']:+.1f} |"
+                f"{cost['rps_ratio_median']:.2f} | {low:.2f}–{high:.2f} | "
+                f"{cost['rps_ratio_min']:.2f}–{cost['rps_ratio_max']:.2f} | "
+                f"{cost['cpu_us_median']} | {cost['cpu_us_added_median']:+.1f} |"
             )
     presign = results["presign"]
     lines += [
