@@ -64,7 +64,8 @@ class AuditTrail:
     checked, user agents cleaned). The same work in one tight loop per batch costs a
     fraction of what it costs spread over requests, between which the CPU's caches hold
     other code. Sampled under load (py-spy, warm benchmark): building rows on the request
-    path took 6.8 % of the gateway's CPU; the append takes 1.4 %.
+    path took 6.8 % of the gateway's CPU; the append takes 1.4-2.9 %. (What the queue
+    itself costs by keeping every request's facts alive: README, "Performance".)
     """
 
     def __init__(

@@ -87,7 +87,14 @@ def _timestamp(value: datetime | None) -> bytes:
 
 
 def _address(value: str | None) -> bytes:
-    return _value(encode_inet(value)) if value else NULL  # no address (a Unix socket): NULL
+    if not value:
+        return NULL  # no address (a Unix socket): NULL
+    try:
+        return _value(encode_inet(value))
+    except (OSError, ValueError):
+        # Not an IP address: NULL, rather than a COPY that fails (OSError reads as "database
+        # unavailable", and the batch would be retried forever at the head of the queue).
+        return NULL
 
 
 def _user_agent(value: str | None) -> bytes:

@@ -22,6 +22,8 @@ EDGE_ADDRESSES = [
     "127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::", "::1", "2001:db8::1",
     "::ffff:192.0.2.1", "fe80::1%eth0", "2001:db8:85a3::8a2e:370:7334", "1:2:3:4:5:6:7:8",
 ]  # fmt: skip
+# What a peer address should never be, but must not stop a batch if it is.
+NOT_ADDRESSES = ["/run/gateway.sock", "999.1.1.1", "::g", "fe80::1%", "1.2.3.4\x00"]
 # What the header parser lets through (aiohttp decodes with surrogateescape) and worse.
 EDGE_AGENTS = [
     "", "curl/8.5", "a\tb", "a\\nb\\\\", "\x00", "\x7f\x1b[31m", "\u202eevil", "\udcff\udcfe",
@@ -63,7 +65,11 @@ def batches(draw: st.DrawFn) -> list[tuple]:
     keys = draw(st.lists(principals(), min_size=1, max_size=3))
     agents = st.one_of(st.none(), st.sampled_from(EDGE_AGENTS), st.text(max_size=300))
     addresses = st.one_of(
-        st.none(), st.just(""), st.sampled_from(EDGE_ADDRESSES), st.ip_addresses().map(str)
+        st.none(),
+        st.just(""),
+        st.sampled_from(EDGE_ADDRESSES),
+        st.ip_addresses().map(str),
+        st.sampled_from(NOT_ADDRESSES),
     )
     seen = st.tuples(
         st.integers(0, 4_102_444_800 * 10**9),  # 1970 to 2100, in nanoseconds
@@ -79,6 +85,13 @@ def batches(draw: st.DrawFn) -> list[tuple]:
     return draw(st.lists(seen, min_size=1, max_size=25))
 
 
+def ip_address_or_none(address: str | None):
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]) if address else None
+    except ValueError:
+        return None
+
+
 def reference_row(seen: tuple) -> tuple:
     """The row asyncpg is given for the same facts: the reference the encoder must match."""
     seen_ns, principal, raw_id, method, outcome, status, address, agent, expires_at = seen
@@ -92,7 +105,7 @@ def reference_row(seen: tuple) -> tuple:
         method,
         outcome,
         status,
-        ipaddress.ip_address(address.partition("%")[0]) if address else None,
+        ip_address_or_none(address),
         printable(agent),
         expires_at,
     )
