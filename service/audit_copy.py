@@ -77,7 +77,8 @@ def _value(data: bytes) -> bytes:
 
 
 def _text(value: str | None) -> bytes:
-    return NULL if value is None else _value(value.encode())
+    # "replace": a lone surrogate cannot be UTF-8; an exception here would stop the writer.
+    return NULL if value is None else _value(value.encode(errors="replace"))
 
 
 def _timestamp(value: datetime | None) -> bytes:

@@ -181,3 +181,17 @@ async def test_a_hostile_id_does_not_cost_the_batch_its_rows(database_url):
         assert uuid.UUID(good) in {row[0] for row in ids}
     finally:
         await pool.close()
+
+
+async def test_text_that_is_not_utf_8_is_written_with_a_replacement(database_url):
+    """A lone surrogate (what surrogateescape makes of a stray byte) cannot be encoded:
+    the writer writes "?" for it rather than stopping on an exception."""
+    principal = Principal(uuid.uuid4(), uuid.uuid4(), "read", "ixk_\udcff", True, None)
+    seen = (0, principal, "x", "GET", "issued", 307, None, None, None)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE TEMP TABLE ours (LIKE download_audit)")
+        await conn.copy_to_table("ours", source=copy_data([seen]), columns=COLUMNS, format="binary")
+        assert await conn.fetchval("SELECT key_prefix FROM ours") == "ixk_?"
+    finally:
+        await conn.close()
