@@ -165,6 +165,14 @@ def lua_data(path: Path, workload: Workload, tokens: list[str]) -> None:
     )
 
 
+def launch(name: str, database_url: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """One of SERVERS on a free port, configured as its name says."""
+    port = free_port()
+    level = "INFO" if name == "gateway+log" else "WARNING"
+    env = server_env(database_url, level, audit=name in AUDITED)
+    return port, start_server(name, port, env)
+
+
 def start_server(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     if name.startswith("gateway"):
         command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
@@ -313,9 +321,7 @@ async def audit_cost(
     processes = {}
     try:
         for name in ("gateway", "gateway+audit"):
-            port = free_port()
-            env = server_env(database_url, "WARNING", audit=name in AUDITED)
-            processes[name] = (port, start_server(name, port, env))
+            processes[name] = launch(name, database_url)
         for port, process in processes.values():
             await wait_listening(port, process)
             run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
@@ -480,10 +486,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             data = workdir / f"{workload.name}.lua"
             lua_data(data, workload, tokens)
             for name in args.servers:
-                port = free_port()
-                level = "INFO" if name == "gateway+log" else "WARNING"
-                env = server_env(database_url, level, audit=name in AUDITED)
-                process = start_server(name, port, env)
+                port, process = launch(name, database_url)
                 try:
                     await wait_listening(port, process)
                     # Warm-up: pools, caches, code paths.
