@@ -1,11 +1,12 @@
 """The download audit trail: every URL issued, and every refusal after authentication.
 
-Requests only append a tuple to a bounded in-memory queue; a background task writes the
-queue with COPY every AUDIT_FLUSH_SECONDS (or sooner when it fills), and once more at
-shutdown. When the queue is full, records are dropped and counted
-(`gateway_audit_dropped_total`): a slow database must not slow downloads. A failed write
-is retried with the next flush, within the same bound; a batch that Postgres refuses for
-its content is dropped and counted, since it would be refused again.
+Requests only append to a bounded in-memory queue (audit_queue.py: flat columns, no
+object kept per request); a background task writes the queue with COPY every
+AUDIT_FLUSH_SECONDS (or sooner when it fills), and once more at shutdown. When the queue
+is full, records are dropped and counted (`gateway_audit_dropped_total`): a slow database
+must not slow downloads. A failed write is retried with the next flush, within the same
+bound; a batch that Postgres refuses for its content is dropped and counted, since it
+would be refused again.
 
 Rows go to a table partitioned by month (migration 0004). The writer creates this and
 next month's partitions at start and every few hours, and drops partitions older than
@@ -19,7 +20,6 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Any
@@ -28,6 +28,7 @@ import asyncpg
 from aiohttp import web
 
 from .audit_copy import USER_AGENT_LENGTH, copy_data
+from .audit_queue import AuditQueue
 from .db import UNAVAILABLE_ERRORS
 from .keys import AUDIT, BACKGROUND_DATABASE, SETTINGS
 from .shutdown import finish_or_abort, stop_tasks
@@ -64,8 +65,8 @@ class AuditTrail:
     checked, user agents cleaned). The same work in one tight loop per batch costs a
     fraction of what it costs spread over requests, between which the CPU's caches hold
     other code. Sampled under load (py-spy, warm benchmark): building rows on the request
-    path took 6.8 % of the gateway's CPU; the append takes 1.4-2.9 %. (What the queue
-    itself costs by keeping every request's facts alive: README, "Performance".)
+    path took 6.8 % of the gateway's CPU; the append takes 1.4-2.9 %. (Why the queue is
+    columns rather than a tuple a request: audit_queue.py.)
     """
 
     def __init__(
@@ -76,10 +77,12 @@ class AuditTrail:
         trusted_proxies: tuple[Any, ...] = (),
     ) -> None:
         self._pool = pool
-        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queue = AuditQueue()
         self._queue_size = queue_size
         self._trusted_proxies = trusted_proxies
         self._wake = asyncio.Event()
+        # The run loop's flush and the one at shutdown must not COPY the same rows twice.
+        self._flushing = asyncio.Lock()
         self.flush_seconds = flush_seconds
         self.written = 0
         self.dropped = 0
@@ -93,60 +96,60 @@ class AuditTrail:
         expires_at: datetime | None,
     ) -> None:
         """The request path: an append, or a counted drop when the queue is full."""
-        if len(self._queue) >= self._queue_size:
+        queue = self._queue
+        if len(queue.times) >= self._queue_size:
             self.dropped += 1
             return
         user_agent = request.headers.get("User-Agent")
-        self._queue.append(
-            (
-                time.time_ns(),  # an integer: microseconds exact, no float rounding
-                principal,
-                # The path's id, also when the method is not the route's (no match_info then).
-                request.match_info.get("id") or request.path.rsplit("/", 2)[-2],
-                request.method,
-                outcome,
-                status,
-                client_address(request) if self._trusted_proxies else request.remote,
-                # Bounded here: a queued entry must not hold a whole 8 KiB header.
-                user_agent[:USER_AGENT_LENGTH] if user_agent is not None else None,
-                expires_at,
-            )
+        queue.append(
+            time.time_ns(),  # an integer: microseconds exact, no float rounding
+            principal,
+            # The path's id, also when the method is not the route's (no match_info then).
+            request.match_info.get("id") or request.path.rsplit("/", 2)[-2],
+            request.method,
+            outcome,
+            status,
+            client_address(request) if self._trusted_proxies else request.remote,
+            # Bounded here: a queued entry must not hold a whole 8 KiB header.
+            user_agent[:USER_AGENT_LENGTH] if user_agent is not None else None,
+            expires_at,
         )
-        if len(self._queue) >= BATCH_SIZE:
+        if len(queue.times) >= BATCH_SIZE:
             self._wake.set()
 
     def __len__(self) -> int:
         return len(self._queue)
 
     async def flush(self) -> None:
-        """Write everything queued so far on one connection; on failure keep it for next time."""
-        if not self._queue:
-            return
-        batch: list[tuple[Any, ...]] = []
-        try:
-            async with self._pool.acquire(timeout=5) as conn:
-                while self._queue:
-                    batch = [self._queue.popleft() for _ in range(min(COPY_ROWS, len(self._queue)))]
-                    await conn.copy_to_table(
-                        "download_audit",
-                        source=copy_data(batch),
-                        columns=COLUMNS,
-                        format="binary",
-                        timeout=30,
-                    )
-                    self.written += len(batch)
-                    batch = []
-        except asyncio.CancelledError:
-            self._queue.extendleft(reversed(batch))  # still ours to count or write
-            raise
-        except REFUSED_ROWS as exc:
-            self.dropped += len(batch)
-            log.error("audit rows refused (SQLSTATE %s): %d dropped", exc.sqlstate, len(batch))
-        except WRITE_ERRORS as exc:
-            room = self._queue_size - len(self._queue)
-            self._queue.extendleft(reversed(batch[:room]))
-            self.dropped += len(batch) - min(room, len(batch))
-            log.warning("audit trail not written (%s); will retry", type(exc).__name__)
+        """Write the rows queued when the flush began, on one connection, oldest first;
+        on failure keep them for next time. Rows leave the queue only once written."""
+        async with self._flushing:
+            queue = self._queue
+            pending = len(queue)
+            rows = 0
+            try:
+                if pending:
+                    async with self._pool.acquire(timeout=5) as conn:
+                        while pending:
+                            rows = min(COPY_ROWS, pending)
+                            await conn.copy_to_table(
+                                "download_audit",
+                                source=copy_data(queue, rows),
+                                columns=COLUMNS,
+                                format="binary",
+                                timeout=30,
+                            )
+                            queue.forget(rows)
+                            self.written += rows
+                            pending -= rows
+            except REFUSED_ROWS as exc:
+                queue.forget(rows)
+                self.dropped += rows
+                log.error("audit rows refused (SQLSTATE %s): %d dropped", exc.sqlstate, rows)
+            except WRITE_ERRORS as exc:
+                log.warning("audit trail not written (%s); will retry", type(exc).__name__)
+            finally:
+                queue.compact()
 
     async def run(self) -> None:
         while True:

@@ -5,8 +5,8 @@ the benchmark machine (COPYs of 10,000 rows, the writer's own CPU): building eac
 tuple of Python values and letting asyncpg's `copy_records_to_table` encode it took
 4.5-8 µs a row; this encoder takes 1.9 µs. Most of a row repeats within a batch (the key's
 ids and prefix, the method, the outcome, the client's address and user agent, the expiry
-of a reused URL), so those fields are encoded once per batch and the rest are a few
-integer packs.
+of a reused URL): the queue keeps each combination of them once (audit_queue.py), and
+each is encoded once per batch; the rest of a row is a few integer packs.
 
 The format (PostgreSQL documentation, "COPY", "Binary Format"): a signature, flags and an
 extension length; per row a 16-bit field count and, per field, a 32-bit length (-1 for
@@ -22,18 +22,22 @@ the rows equal to what asyncpg writes for the same facts.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
+from binascii import unhexlify
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from .audit_queue import AuditQueue, Facts
 from .handlers import CANONICAL_UUID
 
 USER_AGENT_LENGTH = 256
 # Rows encoded between two turns of the event loop: a 10,000-row COPY must not hold the
 # loop for its whole encoding, past the p99 of a download.
 ROWS_PER_TURN = 1000
+# The same check as the gateway's (handlers.py), on the queue's bytes.
+CANONICAL_UUID_BYTES = re.compile(CANONICAL_UUID.pattern.encode())
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no extension
 TRAILER = struct.pack("!h", -1)
@@ -102,43 +106,50 @@ def _user_agent(value: str | None) -> bytes:
     return _text(printable(value))
 
 
-async def copy_data(batch: list[tuple[Any, ...]]) -> AsyncIterator[bytes]:
-    """The batch (as `AuditTrail.record` queued it) as a binary COPY stream, in chunks of
-    ROWS_PER_TURN rows with a turn of the event loop between them."""
-    # Encoded once per batch: the batch holds every principal whose id() is a key here.
+async def copy_data(queue: AuditQueue, rows: int) -> AsyncIterator[bytes]:
+    """The queue's oldest `rows` as a binary COPY stream, in chunks of ROWS_PER_TURN rows
+    with a turn of the event loop between them (the queue may grow meanwhile; only the
+    writer removes rows from it, after the COPY)."""
+    # Each distinct fact of the batch encoded once, as the bytes before the row's id (the
+    # principal) and after it (method to expiry); a principal's bytes once per principal.
+    encoded: dict[int, tuple[bytes, bytes]] = {}
     principals: dict[int, bytes] = {}
-    methods: dict[str, bytes] = {}
-    outcomes: dict[str, bytes] = {}
-    addresses: dict[str | None, bytes] = {}
-    agents: dict[str | None, bytes] = {}
-    expiries: dict[datetime | None, bytes] = {}
+    times, facts, known = queue.times, queue.facts, queue.known
     parts = [SIGNATURE]
-    for index, seen in enumerate(batch, 1):
-        seen_ns, principal, raw_id, method, outcome, status, address, agent, expires_at = seen
-        who = principals.get(id(principal))
-        if who is None:
-            who = principals[id(principal)] = b"".join(
-                (_UUID_LENGTH, principal.workspace_id.bytes,
-                 _UUID_LENGTH, principal.key_id.bytes,
-                 _text(principal.key_prefix))
-            )  # fmt: skip
+    for row in range(rows):
+        fact = facts[row]
+        around = encoded.get(fact)
+        if around is None:
+            around = encoded[fact] = _encode_facts(known[fact], principals)
+        raw_id = queue.raw_id(row)
         parts += (
-            _ROW_START.pack(FIELDS, 8, seen_ns // 1000 - POSTGRES_EPOCH_US),
-            who,
+            _ROW_START.pack(FIELDS, 8, times[row] // 1000 - POSTGRES_EPOCH_US),
+            around[0],
             # As the gateway reads ids; else NULL (it is still a download that was refused).
-            _UUID_LENGTH + bytes.fromhex(raw_id.replace("-", ""))
-            if CANONICAL_UUID.fullmatch(raw_id)
+            _UUID_LENGTH + unhexlify(raw_id.replace(b"-", b""))
+            if CANONICAL_UUID_BYTES.fullmatch(raw_id)
             else NULL,
-            methods.get(method) or methods.setdefault(method, _text(method)),
-            outcomes.get(outcome) or outcomes.setdefault(outcome, _text(outcome)),
-            _STATUS.pack(2, status),
-            addresses.get(address) or addresses.setdefault(address, _address(address)),
-            agents.get(agent) or agents.setdefault(agent, _user_agent(agent)),
-            expiries.get(expires_at) or expiries.setdefault(expires_at, _timestamp(expires_at)),
+            around[1],
         )
-        if index % ROWS_PER_TURN == 0:
+        if (row + 1) % ROWS_PER_TURN == 0:
             yield b"".join(parts)
             parts = []
             await asyncio.sleep(0)
     parts.append(TRAILER)
     yield b"".join(parts)
+
+
+def _encode_facts(facts: Facts, principals: dict[int, bytes]) -> tuple[bytes, bytes]:
+    principal, method, outcome, status, address, agent, expires_at = facts
+    who = principals.get(id(principal))
+    if who is None:
+        who = principals[id(principal)] = b"".join(
+            (_UUID_LENGTH, principal.workspace_id.bytes,
+             _UUID_LENGTH, principal.key_id.bytes,
+             _text(principal.key_prefix))
+        )  # fmt: skip
+    rest = b"".join(
+        (_text(method), _text(outcome), _STATUS.pack(2, status), _address(address),
+         _user_agent(agent), _timestamp(expires_at))
+    )  # fmt: skip
+    return who, rest

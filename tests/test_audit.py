@@ -188,6 +188,33 @@ async def test_writing_a_large_batch_lets_requests_in_between(pool):
     assert min(holds) < 0.015, holds
 
 
+async def test_rows_queued_during_a_flush_wait_for_the_next_and_none_is_written_twice(pool):
+    """A flush writes what was queued when it began (chasing rows that arrive meanwhile
+    would run one small COPY after another under load); a second flush at the same time
+    (shutdown's, beside the run loop's) waits for the first rather than COPY its rows."""
+    trail = AuditTrail(pool, queue_size=50_000, flush_seconds=1)
+    workspace = uuid.uuid4()
+    record_downloads(trail, workspace, 12_000)  # two COPYs, a turn of the loop between chunks
+    recorded = 12_000
+
+    async def requests_meanwhile():
+        nonlocal recorded
+        while True:
+            record_downloads(trail, workspace, 10)
+            recorded += 10
+            await asyncio.sleep(0)
+
+    arriving = asyncio.create_task(requests_meanwhile())
+    await asyncio.sleep(0)
+    await asyncio.gather(trail.flush(), trail.flush())
+    arriving.cancel()
+    assert len(trail) > 0  # arrived during the second flush, and not chased by it
+    assert trail.written + len(trail) == recorded
+    await trail.flush()
+    assert (len(trail), trail.dropped) == (0, 0)
+    assert await rows_of(pool, workspace) == trail.written == recorded
+
+
 async def test_a_failed_write_is_kept_for_the_next_flush(database_url):
     dead = await asyncpg.create_pool(
         f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", min_size=0, timeout=1

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from service.audit import COLUMNS, AuditTrail
 from service.audit_copy import ROWS_PER_TURN, copy_data, printable
+from service.audit_queue import AuditQueue
 from service.auth import Principal
 from service.handlers import CANONICAL_UUID
 
@@ -111,12 +112,20 @@ def reference_row(seen: tuple) -> tuple:
     )
 
 
+def queued(batch: list[tuple]) -> AuditQueue:
+    queue = AuditQueue()
+    for seen in batch:
+        queue.append(*seen)
+    return queue
+
+
 async def written_both_ways(database_url: str, batch: list[tuple]) -> tuple[list, list]:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("CREATE TEMP TABLE ours (LIKE download_audit)")
         await conn.execute("CREATE TEMP TABLE reference (LIKE download_audit)")
-        await conn.copy_to_table("ours", source=copy_data(batch), columns=COLUMNS, format="binary")
+        source = copy_data(queued(batch), len(batch))
+        await conn.copy_to_table("ours", source=source, columns=COLUMNS, format="binary")
         await conn.copy_records_to_table(
             "reference", records=[reference_row(seen) for seen in batch], columns=COLUMNS
         )
@@ -191,7 +200,8 @@ async def test_text_that_is_not_utf_8_is_written_with_a_replacement(database_url
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("CREATE TEMP TABLE ours (LIKE download_audit)")
-        await conn.copy_to_table("ours", source=copy_data([seen]), columns=COLUMNS, format="binary")
+        source = copy_data(queued([seen]), 1)
+        await conn.copy_to_table("ours", source=source, columns=COLUMNS, format="binary")
         assert await conn.fetchval("SELECT key_prefix FROM ours") == "ixk_?"
     finally:
         await conn.close()
