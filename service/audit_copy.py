@@ -6,7 +6,10 @@ tuple of Python values and letting asyncpg's `copy_records_to_table` encode it t
 4.5-8 µs a row; this encoder takes 1.9 µs. Most of a row repeats within a batch (the key's
 ids and prefix, the method, the outcome, the client's address and user agent, the expiry
 of a reused URL): the queue keeps each combination of them once (audit_queue.py), and
-each is encoded once per batch; the rest of a row is a few integer packs.
+each is encoded once per batch; the rest of a row is an integer pack and its id, and the
+ids of a chunk of rows are checked and decoded in one pass of C each. A whole flush of
+5,000 rows, asyncpg's COPY included, took 3.6 µs of the writer's CPU a row with the ids
+checked one by one, 2.1 µs with them checked per chunk (same day, same machine).
 
 The format (PostgreSQL documentation, "COPY", "Binary Format"): a signature, flags and an
 extension length; per row a 16-bit field count and, per field, a 32-bit length (-1 for
@@ -29,15 +32,17 @@ from binascii import unhexlify
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-from .audit_queue import AuditQueue, Facts
+from .audit_queue import ID_LENGTH, AuditQueue, Facts
 from .handlers import CANONICAL_UUID
 
 USER_AGENT_LENGTH = 256
 # Rows encoded between two turns of the event loop: a 10,000-row COPY must not hold the
 # loop for its whole encoding, past the p99 of a download.
 ROWS_PER_TURN = 1000
-# The same check as the gateway's (handlers.py), on the queue's bytes.
+# The same check as the gateway's (handlers.py), on the queue's bytes; and on a chunk of
+# them at once (the queue keeps each id in ID_LENGTH bytes, so a match is a match per id).
 CANONICAL_UUID_BYTES = re.compile(CANONICAL_UUID.pattern.encode())
+ALL_CANONICAL_UUIDS = re.compile(b"(?:" + CANONICAL_UUID_BYTES.pattern + b")*")
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no extension
 TRAILER = struct.pack("!h", -1)
@@ -111,45 +116,72 @@ async def copy_data(queue: AuditQueue, rows: int) -> AsyncIterator[bytes]:
     with a turn of the event loop between them (the queue may grow meanwhile; only the
     writer removes rows from it, after the COPY)."""
     # Each distinct fact of the batch encoded once, as the bytes before the row's id (the
-    # principal) and after it (method to expiry); a principal's bytes once per principal.
+    # principal) and after it (method to expiry).
     encoded: dict[int, tuple[bytes, bytes]] = {}
-    principals: dict[int, bytes] = {}
+    fields = _FieldCache()
     times, facts, known = queue.times, queue.facts, queue.known
-    parts = [SIGNATURE]
-    for row in range(rows):
-        fact = facts[row]
-        around = encoded.get(fact)
-        if around is None:
-            around = encoded[fact] = _encode_facts(known[fact], principals)
-        raw_id = queue.raw_id(row)
-        parts += (
-            _ROW_START.pack(FIELDS, 8, times[row] // 1000 - POSTGRES_EPOCH_US),
-            around[0],
-            # As the gateway reads ids; else NULL (it is still a download that was refused).
-            _UUID_LENGTH + unhexlify(raw_id.replace(b"-", b""))
-            if CANONICAL_UUID_BYTES.fullmatch(raw_id)
-            else NULL,
-            around[1],
-        )
-        if (row + 1) % ROWS_PER_TURN == 0:
-            yield b"".join(parts)
-            parts = []
-            await asyncio.sleep(0)
-    parts.append(TRAILER)
-    yield b"".join(parts)
+    yield SIGNATURE
+    for first in range(0, rows, ROWS_PER_TURN):
+        last = min(first + ROWS_PER_TURN, rows)
+        parts: list[bytes] = []
+        for row, attachment_id in enumerate(_attachment_ids(queue, first, last), first):
+            fact = facts[row]
+            around = encoded.get(fact)
+            if around is None:
+                around = encoded[fact] = fields.encode(known[fact])
+            parts += (
+                _ROW_START.pack(FIELDS, 8, times[row] // 1000 - POSTGRES_EPOCH_US),
+                around[0],
+                attachment_id,
+                around[1],
+            )
+        yield b"".join(parts)
+        await asyncio.sleep(0)
+    yield TRAILER
 
 
-def _encode_facts(facts: Facts, principals: dict[int, bytes]) -> tuple[bytes, bytes]:
-    principal, method, outcome, status, address, agent, expires_at = facts
-    who = principals.get(id(principal))
-    if who is None:
-        who = principals[id(principal)] = b"".join(
-            (_UUID_LENGTH, principal.workspace_id.bytes,
-             _UUID_LENGTH, principal.key_id.bytes,
-             _text(principal.key_prefix))
+def _attachment_ids(queue: AuditQueue, first: int, last: int) -> list[bytes]:
+    """The rows' attachment_id fields: the id as the gateway reads ids, else NULL (it is
+    still a download that was refused)."""
+    chunk = bytes(queue.ids[first * ID_LENGTH : last * ID_LENGTH])
+    if ALL_CANONICAL_UUIDS.fullmatch(chunk):  # nearly always: the rows in one pass of C
+        binary = unhexlify(chunk.replace(b"-", b""))
+        return [_UUID_LENGTH + binary[at : at + 16] for at in range(0, len(binary), 16)]
+    return [
+        _UUID_LENGTH + unhexlify(raw.replace(b"-", b""))
+        if CANONICAL_UUID_BYTES.fullmatch(raw := chunk[at : at + ID_LENGTH])
+        else NULL
+        for at in range(0, len(chunk), ID_LENGTH)
+    ]
+
+
+class _FieldCache:
+    """Fields encoded so far in one batch, by value: facts that differ in one field (the
+    expiry of a URL signed again, say) share the encoding of the others."""
+
+    def __init__(self) -> None:
+        self.principals: dict[int, bytes] = {}  # by id(): the queue keeps them alive
+        self.addresses: dict[str | None, bytes] = {}
+        self.agents: dict[str | None, bytes] = {}
+        self.expiries: dict[datetime | None, bytes] = {}
+
+    def encode(self, facts: Facts) -> tuple[bytes, bytes]:
+        principal, method, outcome, status, address, agent, expires_at = facts
+        who = self.principals.get(id(principal))
+        if who is None:
+            who = self.principals[id(principal)] = b"".join(
+                (_UUID_LENGTH, principal.workspace_id.bytes,
+                 _UUID_LENGTH, principal.key_id.bytes,
+                 _text(principal.key_prefix))
+            )  # fmt: skip
+        if address not in self.addresses:
+            self.addresses[address] = _address(address)
+        if agent not in self.agents:
+            self.agents[agent] = _user_agent(agent)
+        if expires_at not in self.expiries:
+            self.expiries[expires_at] = _timestamp(expires_at)
+        rest = b"".join(
+            (_text(method), _text(outcome), _STATUS.pack(2, status), self.addresses[address],
+             self.agents[agent], self.expiries[expires_at])
         )  # fmt: skip
-    rest = b"".join(
-        (_text(method), _text(outcome), _STATUS.pack(2, status), _address(address),
-         _user_agent(agent), _timestamp(expires_at))
-    )  # fmt: skip
-    return who, rest
+        return who, rest
