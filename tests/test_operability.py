@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from service.app import create_app
+from service.keys import CACHES
 from service.metrics import KNOWN_METHODS, LATENCY_BUCKETS, RequestCounts
 from service.seaweed import free_port
 from service.settings import Settings
+from tests.test_caches import _true, wait_until
 from tests.test_openapi_document import DOCUMENT, HTTP_METHODS
 
 
@@ -66,6 +68,9 @@ async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
     path = f"/api/v1/attachments/{attachment_id}/download"
+    # URLs are reused only once the invalidation listener is up (its first connection can
+    # time out on a loaded machine, and it retries): the counts below assume reuse.
+    await wait_until(lambda: _true(client.app[CACHES].live), timeout=15)
     for _ in range(3):
         await client.get(path, headers=tenant.auth(), allow_redirects=False)
     await client.head(path, headers=tenant.auth(), allow_redirects=False)
