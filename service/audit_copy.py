@@ -33,16 +33,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from .audit_queue import ID_LENGTH, AuditQueue, Facts
-from .handlers import CANONICAL_UUID
+from .handlers import CANONICAL_UUID, canonical_uuid
 
 USER_AGENT_LENGTH = 256
 # Rows encoded between two turns of the event loop: a 10,000-row COPY must not hold the
 # loop for its whole encoding, past the p99 of a download.
 ROWS_PER_TURN = 1000
-# The same check as the gateway's (handlers.py), on the queue's bytes; and on a chunk of
-# them at once (the queue keeps each id in ID_LENGTH bytes, so a match is a match per id).
-CANONICAL_UUID_BYTES = re.compile(CANONICAL_UUID.pattern.encode())
-ALL_CANONICAL_UUIDS = re.compile(b"(?:" + CANONICAL_UUID_BYTES.pattern + b")*")
+# The gateway's own check (handlers.py) on a chunk of the queue's ids at once: it keeps
+# each in ID_LENGTH bytes, so the chunk matches only if every id in it does.
+ALL_CANONICAL_UUIDS = re.compile(b"(?:" + CANONICAL_UUID.pattern.encode() + b")*")
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no extension
 TRAILER = struct.pack("!h", -1)
@@ -147,12 +146,12 @@ def _attachment_ids(queue: AuditQueue, first: int, last: int) -> list[bytes]:
     if ALL_CANONICAL_UUIDS.fullmatch(chunk):  # nearly always: the rows in one pass of C
         binary = unhexlify(chunk.replace(b"-", b""))
         return [_UUID_LENGTH + binary[at : at + 16] for at in range(0, len(binary), 16)]
-    return [
-        _UUID_LENGTH + unhexlify(raw.replace(b"-", b""))
-        if CANONICAL_UUID_BYTES.fullmatch(raw := chunk[at : at + ID_LENGTH])
-        else NULL
-        for at in range(0, len(chunk), ID_LENGTH)
-    ]
+    fields = []
+    for at in range(0, len(chunk), ID_LENGTH):
+        # (The queue holds ASCII only: ids that are ASCII, or NOT_AN_ID.)
+        attachment_id = canonical_uuid(chunk[at : at + ID_LENGTH].decode("ascii"))
+        fields.append(NULL if attachment_id is None else _UUID_LENGTH + attachment_id.bytes)
+    return fields
 
 
 class _FieldCache:

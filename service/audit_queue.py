@@ -67,10 +67,6 @@ class AuditQueue:
         # (isascii is a flag lookup: a 36-character ASCII id is 36 bytes, anything else none.)
         self.ids += raw_id.encode() if len(raw_id) == ID_LENGTH and raw_id.isascii() else NOT_AN_ID
 
-    def raw_id(self, row: int) -> bytes:
-        start = row * ID_LENGTH
-        return bytes(self.ids[start : start + ID_LENGTH])
-
     def forget(self, rows: int) -> None:
         """The oldest rows are written (or given up): they go; their facts stay until
         `compact`, since the rows after them may share them."""

@@ -8,7 +8,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audit_queue import NOT_AN_ID, AuditQueue
+from service.audit_queue import ID_LENGTH, NOT_AN_ID, AuditQueue
 from service.auth import Principal
 
 KEYS = [Principal(uuid.uuid4(), uuid.uuid4(), "read", f"ixk_{i}", True, None) for i in range(3)]
@@ -43,7 +43,8 @@ def read_back(queue: AuditQueue) -> list[tuple]:
     rows = []
     for row in range(len(queue)):
         principal, *facts = queue.known[queue.facts[row]]
-        rows.append((queue.times[row], principal, queue.raw_id(row), *facts))
+        raw_id = bytes(queue.ids[row * ID_LENGTH : (row + 1) * ID_LENGTH])
+        rows.append((queue.times[row], principal, raw_id, *facts))
     return rows
 
 
