@@ -93,7 +93,7 @@ class AuditTrail:
         principal: Any,
         outcome: str,
         status: int,
-        expires_at: datetime | None,
+        expires_at_us: int | None,
     ) -> None:
         """The request path: an append, or a counted drop when the queue is full."""
         queue = self._queue
@@ -112,7 +112,7 @@ class AuditTrail:
             client_address(request) if self._trusted_proxies else request.remote,
             # Bounded here: a queued entry must not hold a whole 8 KiB header.
             user_agent[:USER_AGENT_LENGTH] if user_agent is not None else None,
-            expires_at,
+            expires_at_us,
         )
         if len(queue.times) >= BATCH_SIZE:
             self._wake.set()

@@ -4,9 +4,9 @@ Every download is a row, so the writer's cost per row is a cost per download. Me
 the benchmark machine (COPYs of 10,000 rows, the writer's own CPU): building each row as a
 tuple of Python values and letting asyncpg's `copy_records_to_table` encode it took
 4.5-8 µs a row; this encoder takes 1.9 µs. Most of a row repeats within a batch (the key's
-ids and prefix, the method, the outcome, the client's address and user agent, the expiry
-of a reused URL): the queue keeps each combination of them once (audit_queue.py), and
-each is encoded once per batch; the rest of a row is an integer pack and its id, and the
+ids and prefix, the method, the outcome, the client's address and user agent): the queue
+keeps each combination of them once (audit_queue.py), and each is encoded once per batch;
+the rest of a row is two integer packs (its time, its URL's expiry) and its id, and the
 ids of a chunk of rows are checked and decoded in one pass of C each. A whole flush of
 5,000 rows, asyncpg's COPY included, took 3.6 µs of the writer's CPU a row with the ids
 checked one by one, 2.1 µs with them checked per chunk (same day, same machine).
@@ -30,9 +30,9 @@ import socket
 import struct
 from binascii import unhexlify
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from .audit_queue import ID_LENGTH, AuditQueue, Facts
+from .audit_queue import ID_LENGTH, NO_EXPIRY, AuditQueue, Facts
 from .handlers import CANONICAL_UUID, canonical_uuid
 
 USER_AGENT_LENGTH = 256
@@ -47,14 +47,12 @@ SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no e
 TRAILER = struct.pack("!h", -1)
 NULL = struct.pack("!i", -1)
 FIELDS = 11  # download_audit's COLUMNS
-POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-POSTGRES_EPOCH_US = int(POSTGRES_EPOCH.timestamp()) * 1_000_000
-MICROSECOND = timedelta(microseconds=1)
+POSTGRES_EPOCH_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
 _LENGTH = struct.Struct("!i")
 _ROW_START = struct.Struct("!hiq")  # field count, then `at`: length 8 and its microseconds
 _STATUS = struct.Struct("!ih")  # length 2, smallint
-_TIMESTAMP = struct.Struct("!iq")
+_TIMESTAMP = struct.Struct("!iq")  # length 8, microseconds since 2000
 _UUID_LENGTH = _LENGTH.pack(16)
 # inet's header: Postgres' own family numbers (PGSQL_AF_INET, PGSQL_AF_INET6), not the
 # socket module's; host addresses only (all bits, not cidr).
@@ -89,12 +87,6 @@ def _text(value: str | None) -> bytes:
     return NULL if value is None else _value(value.encode(errors="replace"))
 
 
-def _timestamp(value: datetime | None) -> bytes:
-    if value is None:
-        return NULL
-    return _TIMESTAMP.pack(8, (value - POSTGRES_EPOCH) // MICROSECOND)
-
-
 def _address(value: str | None) -> bytes:
     if not value:
         return NULL  # no address (a Unix socket): NULL
@@ -115,10 +107,10 @@ async def copy_data(queue: AuditQueue, rows: int) -> AsyncIterator[bytes]:
     with a turn of the event loop between them (the queue may grow meanwhile; only the
     writer removes rows from it, after the COPY)."""
     # Each distinct fact of the batch encoded once, as the bytes before the row's id (the
-    # principal) and after it (method to expiry).
+    # principal) and after it (method to user agent).
     encoded: dict[int, tuple[bytes, bytes]] = {}
     fields = _FieldCache()
-    times, facts, known = queue.times, queue.facts, queue.known
+    times, expiries, facts, known = queue.times, queue.expiries, queue.facts, queue.known
     yield SIGNATURE
     for first in range(0, rows, ROWS_PER_TURN):
         last = min(first + ROWS_PER_TURN, rows)
@@ -128,11 +120,13 @@ async def copy_data(queue: AuditQueue, rows: int) -> AsyncIterator[bytes]:
             around = encoded.get(fact)
             if around is None:
                 around = encoded[fact] = fields.encode(known[fact])
+            expiry = expiries[row]
             parts += (
                 _ROW_START.pack(FIELDS, 8, times[row] // 1000 - POSTGRES_EPOCH_US),
                 around[0],
                 attachment_id,
                 around[1],
+                NULL if expiry == NO_EXPIRY else _TIMESTAMP.pack(8, expiry - POSTGRES_EPOCH_US),
             )
         yield b"".join(parts)
         await asyncio.sleep(0)
@@ -156,16 +150,15 @@ def _attachment_ids(queue: AuditQueue, first: int, last: int) -> list[bytes]:
 
 class _FieldCache:
     """Fields encoded so far in one batch, by value: facts that differ in one field (the
-    expiry of a URL signed again, say) share the encoding of the others."""
+    status of a refusal, say) share the encoding of the others."""
 
     def __init__(self) -> None:
         self.principals: dict[int, bytes] = {}  # by id(): the queue keeps them alive
         self.addresses: dict[str | None, bytes] = {}
         self.agents: dict[str | None, bytes] = {}
-        self.expiries: dict[datetime | None, bytes] = {}
 
     def encode(self, facts: Facts) -> tuple[bytes, bytes]:
-        principal, method, outcome, status, address, agent, expires_at = facts
+        principal, method, outcome, status, address, agent = facts
         who = self.principals.get(id(principal))
         if who is None:
             who = self.principals[id(principal)] = b"".join(
@@ -177,10 +170,8 @@ class _FieldCache:
             self.addresses[address] = _address(address)
         if agent not in self.agents:
             self.agents[agent] = _user_agent(agent)
-        if expires_at not in self.expiries:
-            self.expiries[expires_at] = _timestamp(expires_at)
         rest = b"".join(
             (_text(method), _text(outcome), _STATUS.pack(2, status), self.addresses[address],
-             self.agents[agent], self.expiries[expires_at])
+             self.agents[agent])
         )  # fmt: skip
         return who, rest

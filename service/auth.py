@@ -207,6 +207,5 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             trail.record(request, principal, problem.code, problem.type.status, None)
         raise
     if trail is not None:
-        expires_at = request.get(ISSUED_UNTIL)
-        trail.record(request, principal, "issued", response.status, expires_at)
+        trail.record(request, principal, "issued", response.status, request.get(ISSUED_UNTIL))
     return response

@@ -105,7 +105,7 @@ async def download(request: web.Request) -> web.Response:
     if target.pending:
         raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
     presigned = await presigned_url(request, attachment_id, target, options)
-    request[ISSUED_UNTIL] = presigned.expires_at
+    request[ISSUED_UNTIL] = presigned.expires_at_us
     if options.as_json:
         return link_response(request.method, target, presigned)
     # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from .audit import AuditTrail
     from .auth import Principal
     from .caches import HotPathCaches
@@ -41,5 +39,5 @@ REQUEST_ID = web.RequestKey[str]("request_id")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
 # The download's attachment, when authentication already fetched it in the same query.
 PREFETCHED: web.RequestKey[AttachmentTarget | None] = web.RequestKey("prefetched")
-# When the URL a download handed out expires: for the audit trail.
-ISSUED_UNTIL: web.RequestKey[datetime] = web.RequestKey("issued_until")
+# When the URL a download handed out expires (microseconds since 1970): for the audit trail.
+ISSUED_UNTIL: web.RequestKey[int] = web.RequestKey("issued_until")

@@ -46,6 +46,13 @@ UPLOAD_URL_SECONDS = 900
 HEAD_TIMEOUT_SECONDS = 10.0
 # What S3 answers to HEAD for an object that is not there.
 NOT_THERE = ("404", "NoSuchKey", "NotFound")
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_us(moment: datetime) -> int:
+    """An aware datetime as whole microseconds since 1970 (exact: no float on the way)."""
+    return (moment - UNIX_EPOCH) // MICROSECOND
 
 
 # Cached values are NamedTuples of strings: tuples holding no containers drop out of
@@ -53,7 +60,8 @@ NOT_THERE = ("404", "NoSuchKey", "NotFound")
 # of tracked objects paused the loop for 165 ms (the cold benchmark's p99).
 class PresignedUrl(NamedTuple):
     url: str
-    expires_at: datetime
+    # Microseconds since the Unix epoch: an integer the audit trail queues as it is.
+    expires_at_us: int
     expires_text: str  # RFC 3339, UTC, whole seconds
     # The 307's JSON body, made once: a reused URL reuses its body too.
     body: bytes = b""
@@ -64,7 +72,7 @@ class PresignedUrl(NamedTuple):
     def of(cls, url: str, expires_at: datetime, shortened: bool = False) -> PresignedUrl:
         text = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
         body = json.dumps({"expires_at": text}).encode()
-        return cls(url, expires_at, text, body, shortened)
+        return cls(url, epoch_us(expires_at), text, body, shortened)
 
 
 class AttachmentTarget(NamedTuple):

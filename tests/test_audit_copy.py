@@ -18,6 +18,7 @@ from service.audit_copy import ROWS_PER_TURN, copy_data, printable
 from service.audit_queue import AuditQueue
 from service.auth import Principal
 from service.handlers import CANONICAL_UUID
+from service.storage import epoch_us
 
 EDGE_ADDRESSES = [
     "127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::", "::1", "2001:db8::1",
@@ -113,9 +114,10 @@ def reference_row(seen: tuple) -> tuple:
 
 
 def queued(batch: list[tuple]) -> AuditQueue:
+    """The queue as AuditTrail.record fills it: the expiry as PresignedUrl carries it."""
     queue = AuditQueue()
-    for seen in batch:
-        queue.append(*seen)
+    for *seen, expires_at in batch:
+        queue.append(*seen, None if expires_at is None else epoch_us(expires_at))
     return queue
 
 

@@ -8,7 +8,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audit_queue import ID_LENGTH, NOT_AN_ID, AuditQueue
+from service.audit_queue import ID_LENGTH, NO_EXPIRY, NOT_AN_ID, AuditQueue
 from service.auth import Principal
 
 KEYS = [Principal(uuid.uuid4(), uuid.uuid4(), "read", f"ixk_{i}", True, None) for i in range(3)]
@@ -25,7 +25,7 @@ def seen_downloads() -> st.SearchStrategy[tuple]:
         st.sampled_from([307, 404]),
         st.sampled_from([None, "127.0.0.1", "::1"]),
         st.sampled_from([None, "curl/8", "a" * 256]),
-        st.none(),
+        st.one_of(st.none(), st.integers(0, 2**62)),  # the URL's expiry, µs since 1970
     )
 
 
@@ -44,14 +44,16 @@ def read_back(queue: AuditQueue) -> list[tuple]:
     for row in range(len(queue)):
         principal, *facts = queue.known[queue.facts[row]]
         raw_id = bytes(queue.ids[row * ID_LENGTH : (row + 1) * ID_LENGTH])
-        rows.append((queue.times[row], principal, raw_id, *facts))
+        rows.append((queue.times[row], principal, raw_id, *facts, queue.expiries[row]))
     return rows
 
 
 def as_queued(seen: tuple) -> tuple:
-    seen_ns, principal, raw_id, *facts = seen
+    seen_ns, principal, raw_id, *facts, expires_at_us = seen
     encoded = raw_id.encode()
-    return (seen_ns, principal, encoded if len(encoded) == 36 else NOT_AN_ID, *facts)
+    raw_id = encoded if len(encoded) == 36 else NOT_AN_ID
+    expiry = NO_EXPIRY if expires_at_us is None else expires_at_us
+    return (seen_ns, principal, raw_id, *facts, expiry)
 
 
 @settings(max_examples=300)
@@ -78,7 +80,11 @@ def test_rows_keep_their_facts_through_writes_and_compactions(steps):
 def test_downloads_with_the_same_facts_share_one_entry():
     queue = AuditQueue()
     for index in range(1000):
-        queue.append(index, KEYS[index % 2], IDS[0], "GET", "issued", 307, "::1", "curl/8", None)
+        # Every URL has its own expiry: a column, not a fact that splits the entries.
+        expires_at_us = 1_800_000_000_000_000 + index
+        queue.append(
+            index, KEYS[index % 2], IDS[0], "GET", "issued", 307, "::1", "curl/8", expires_at_us
+        )
     assert (len(queue), len(queue.known)) == (1000, 2)
     assert len(queue.ids) == 36 * 1000  # the ids as bytes, no object per row
     queue.forget(1000)
