@@ -64,17 +64,20 @@ def markdown(results: dict[str, Any]) -> str:
     if "audit_cost" in results:
         lines += [
             "",
-            "The audit trail's cost again, from interleaved pairs of short runs (both servers "
-            "up, taking turns; the machine's speed drifts too much between full runs):",
+            "The audit trail's cost again, from interleaved pairs of short runs (several "
+            "processes of each build up, taking turns; the machine's speed drifts too much "
+            "between full runs, and one process's speed differs from the next one's):",
             "",
-            "| conns | pairs × seconds | gateway+audit / gateway req/s, median | middle half "
+            "| conns | pairs × seconds (processes each) | gateway+audit / gateway req/s, median "
+            "| middle half "
             "| range | gateway CPU µs/req | added by the audit trail, median |",
             "|---|---|---|---|---|---|---|",
         ]
         for connections, cost in results["audit_cost"].items():
             low, high = cost["rps_ratio_quartiles"]
             lines.append(
-                f"| {connections} | {cost['pairs']} × {cost['seconds']} | "
+                f"| {connections} | {cost['pairs']} × {cost['seconds']} "
+                f"({cost.get('processes', 1)}) | "
                 f"{cost['rps_ratio_median']:.2f} | {low:.2f}–{high:.2f} | "
                 f"{cost['rps_ratio_min']:.2f}–{cost['rps_ratio_max']:.2f} | "
                 f"{cost['cpu_us_median']} | {cost['cpu_us_added_median']:+.1f} |"

@@ -75,6 +75,12 @@ AUDIT_PAIR = {"gateway", "gateway+audit"}
 # Many short pairs rather than a few long ones: one pair's ratio moves by ±40 % here, and
 # the median of 40 settles within a few percent (12 pairs of 5 s did not).
 AUDIT_PAIR_SECONDS = 2
+# Processes of each build the pairs rotate through: one launch of a server can run 10 %
+# faster or slower than the next for its whole life, and one process of each would carry
+# that luck into every pair. Their pools are small so that six fit the embedded
+# Postgres' 100 connections (the warm path does not query).
+AUDIT_PROCESSES = 3
+AUDIT_PROCESS_ENV = {"DB_POOL_MAX_SIZE": "8"}
 
 
 def server_env(database_url: str, log_level: str, audit: bool) -> dict[str, str]:
@@ -165,12 +171,14 @@ def lua_data(path: Path, workload: Workload, tokens: list[str]) -> None:
     )
 
 
-def launch(name: str, database_url: str) -> tuple[int, subprocess.Popen[bytes]]:
+def launch(
+    name: str, database_url: str, extra_env: dict[str, str] | None = None
+) -> tuple[int, subprocess.Popen[bytes]]:
     """One of SERVERS on a free port, configured as its name says."""
     port = free_port()
     level = "INFO" if name == "gateway+log" else "WARNING"
     env = server_env(database_url, level, audit=name in AUDITED)
-    return port, start_server(name, port, env)
+    return port, start_server(name, port, {**env, **(extra_env or {})})
 
 
 def start_server(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -313,16 +321,19 @@ async def audit_cost(
 
     The machine's speed drifts: the same pure-Python loop takes 0.41-0.69 s from one
     second to the next, so two runs minutes apart cannot resolve a 10 % difference, and
-    neither can one pair. Here `gateway` and `gateway+audit` are both up (on the same core,
-    only one loaded at a time: a server's CPU per request depends on its load, so running
-    both at once would measure the scheduler) and take turns, who goes first alternating;
-    the audited one's CPU is read once its queue is written. The median of the pairs'
-    ratios is the figure; their range says how little one pair means."""
-    processes = {}
+    neither can one pair. Here AUDIT_PROCESSES of `gateway` and of `gateway+audit` are up
+    (on the same core, only one loaded at a time: a server's CPU per request depends on its
+    load, so running two at once would measure the scheduler) and take turns, who goes
+    first alternating, each pair another combination of the two builds' processes; the
+    audited one's CPU is read once its queue is written. The median of the pairs' ratios
+    is the figure; their range says how little one pair means."""
+    processes: dict[str, list[tuple[int, subprocess.Popen[bytes]]]] = {}
     try:
         for name in ("gateway", "gateway+audit"):
-            processes[name] = launch(name, database_url)
-        for port, process in processes.values():
+            processes[name] = [
+                launch(name, database_url, AUDIT_PROCESS_ENV) for _ in range(AUDIT_PROCESSES)
+            ]
+        for port, process in (p for launched in processes.values() for p in launched):
             await wait_listening(port, process)
             run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
         results = {}
@@ -331,8 +342,11 @@ async def audit_cost(
             cpu: dict[str, list[float]] = {name: [] for name in processes}
             for pair in range(pairs):
                 names = list(processes) if pair % 2 == 0 else list(reversed(processes))
+                # Plain i with audited i, i+1, i+2, ...: every combination in turn.
+                which = {"gateway": pair % AUDIT_PROCESSES,
+                         "gateway+audit": (pair + pair // AUDIT_PROCESSES) % AUDIT_PROCESSES}  # fmt: skip
                 for name in names:
-                    port, process = processes[name]
+                    port, process = processes[name][which[name]]
                     before = cpu_seconds(process.pid)
                     stats = run_wrk(wrk, port, count, seconds, data)
                     if name in AUDITED:
@@ -347,6 +361,7 @@ async def audit_cost(
             results[str(count)] = {
                 "pairs": pairs,
                 "seconds": seconds,
+                "processes": AUDIT_PROCESSES,
                 "rps_ratio_median": round(statistics.median(ratios), 3),
                 "rps_ratio_quartiles": [round(quartiles[0], 3), round(quartiles[2], 3)],
                 "rps_ratio_min": round(min(ratios), 3),
@@ -357,7 +372,7 @@ async def audit_cost(
             print(f"  audit cost, c={count}: {results[str(count)]}", flush=True)
         return results
     finally:
-        for _, process in processes.values():
+        for _, process in (p for launched in processes.values() for p in launched):
             process.terminate()
             process.wait(20)
 
