@@ -343,8 +343,9 @@ async def audit_cost(
             for pair in range(pairs):
                 names = list(processes) if pair % 2 == 0 else list(reversed(processes))
                 # Plain i with audited i, i+1, i+2, ...: every combination in turn.
-                which = {"gateway": pair % AUDIT_PROCESSES,
-                         "gateway+audit": (pair + pair // AUDIT_PROCESSES) % AUDIT_PROCESSES}  # fmt: skip
+                plain = pair % AUDIT_PROCESSES
+                audited = (plain + pair // AUDIT_PROCESSES) % AUDIT_PROCESSES
+                which = {"gateway": plain, "gateway+audit": audited}
                 for name in names:
                     port, process = processes[name][which[name]]
                     before = cpu_seconds(process.pid)
