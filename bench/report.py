@@ -62,24 +62,22 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {workload} | {connections} | {ratio:.2f} | {' | '.join(added)} | {backlog} |"
             )
     if "audit_cost" in results:
+        launches = next(iter(results["audit_cost"].values()))["launches"]
         lines += [
             "",
-            "The audit trail's cost again, from interleaved pairs of short runs (several "
-            "processes of each build up, taking turns; the machine's speed drifts too much "
-            "between full runs, and one process's speed differs from the next one's):",
+            f"The audit trail's cost again, from {launches} launches of each build in turn, "
+            "each measured as above (one launch's speed differs from the next one's, so the "
+            "single runs above cannot resolve 10 %):",
             "",
-            "| conns | pairs × seconds (processes each) | gateway+audit / gateway req/s, median "
-            "| middle half "
-            "| range | gateway CPU µs/req | added by the audit trail, median |",
-            "|---|---|---|---|---|---|---|",
+            "| conns | gateway req/s, each launch | gateway+audit req/s, each launch "
+            "| ratio of medians | gateway CPU µs/req, median | added by the audit trail |",
+            "|---|---|---|---|---|---|",
         ]
         for connections, cost in results["audit_cost"].items():
-            low, high = cost["rps_ratio_quartiles"]
+            plain = ", ".join(f"{rps:,}" for rps in cost["rps"])
+            audited = ", ".join(f"{rps:,}" for rps in cost["rps_audited"])
             lines.append(
-                f"| {connections} | {cost['pairs']} × {cost['seconds']} "
-                f"({cost.get('processes', 1)}) | "
-                f"{cost['rps_ratio_median']:.2f} | {low:.2f}–{high:.2f} | "
-                f"{cost['rps_ratio_min']:.2f}–{cost['rps_ratio_max']:.2f} | "
+                f"| {connections} | {plain} | {audited} | {cost['rps_ratio_of_medians']:.3f} | "
                 f"{cost['cpu_us_median']} | {cost['cpu_us_added_median']:+.1f} |"
             )
     presign = results["presign"]

@@ -70,17 +70,12 @@ WORKLOADS = (Workload("warm", 10_000, 100), Workload("cold", 1_000_000, 100))
 SERVERS = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log")
 AUDITED = ("gateway+audit", "gateway+log")
 WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
-# The audit trail's cost is measured again in interleaved pairs of short runs (audit_cost).
-AUDIT_PAIR = {"gateway", "gateway+audit"}
-# Many short pairs rather than a few long ones: one pair's ratio moves by ±40 % here, and
-# the median of 40 settles within a few percent (12 pairs of 5 s did not).
-AUDIT_PAIR_SECONDS = 2
-# Processes of each build the pairs rotate through: one launch of a server can run 10 %
-# faster or slower than the next for its whole life, and one process of each would carry
-# that luck into every pair. Their pools are small so that six fit the embedded
-# Postgres' 100 connections (the warm path does not query).
-AUDIT_PROCESSES = 3
-AUDIT_PROCESS_ENV = {"DB_POOL_MAX_SIZE": "8"}
+# The audit trail's cost is measured again from several launches of both builds, in turn:
+# one launch of a server can run 10 % faster or slower than the next for its whole life
+# (fresh processes of the same build, each measured for 10 s after its warm-up, used
+# 75-88 µs of CPU a request), so one full run of each cannot resolve a 10 % cost.
+AUDIT_BUILDS = ("gateway", "gateway+audit")
+AUDIT_LAUNCHES = 5
 
 
 def server_env(database_url: str, log_level: str, audit: bool) -> dict[str, str]:
@@ -314,68 +309,66 @@ async def audit_drained(port: int, timeout: float = 60.0) -> float:
     return round(time.monotonic() - started, 2)
 
 
-async def audit_cost(
-    wrk: str, database_url: str, data: Path, connections: tuple[int, ...], pairs: int, seconds: int
-) -> dict[str, dict[str, Any]]:
-    """The audit trail's cost on the warm path, from many short interleaved pairs.
+async def measured_run(
+    wrk: str, name: str, port: int, process: subprocess.Popen[bytes], connections: int,
+    seconds: int, data: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """One wrk run against a warm server, with the server's and Postgres' CPU per request:
+    what a request costs whatever else the machine is doing (its speed drifts)."""
+    cpu_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
+    stats = run_wrk(wrk, port, connections, seconds, data)
+    requests = max(stats["requests"], 1)
+    if name in AUDITED:
+        # Rows still queued when the load stops are this run's cost too: the CPU is read
+        # once they are written, not left to the next run.
+        stats["audit_backlog"] = await audit_queued(port)
+        stats["audit_drain_s"] = await audit_drained(port)
+    stats["cpu_us"] = round((cpu_seconds(process.pid) - cpu_before) / requests * 1e6, 1)
+    stats["db_cpu_us"] = round((postgres_cpu_seconds() - db_before) / requests * 1e6, 1)
+    stats.update(server=name, connections=connections, rss_mb=round(rss_mb(process.pid), 1))
+    return stats
 
-    The machine's speed drifts: the same pure-Python loop takes 0.41-0.69 s from one
-    second to the next, so two runs minutes apart cannot resolve a 10 % difference, and
-    neither can one pair. Here AUDIT_PROCESSES of `gateway` and of `gateway+audit` are up
-    (on the same core, only one loaded at a time: a server's CPU per request depends on its
-    load, so running two at once would measure the scheduler) and take turns, who goes
-    first alternating, each pair another combination of the two builds' processes; the
-    audited one's CPU is read once its queue is written. The median of the pairs' ratios
-    is the figure; their range says how little one pair means."""
-    processes: dict[str, list[tuple[int, subprocess.Popen[bytes]]]] = {}
-    try:
-        for name in ("gateway", "gateway+audit"):
-            processes[name] = [
-                launch(name, database_url, AUDIT_PROCESS_ENV) for _ in range(AUDIT_PROCESSES)
-            ]
-        for port, process in (p for launched in processes.values() for p in launched):
-            await wait_listening(port, process)
-            run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
-        results = {}
-        for count in connections:
-            rps: dict[str, list[float]] = {name: [] for name in processes}
-            cpu: dict[str, list[float]] = {name: [] for name in processes}
-            for pair in range(pairs):
-                names = list(processes) if pair % 2 == 0 else list(reversed(processes))
-                # Plain i with audited i, i+1, i+2, ...: every combination in turn.
-                plain = pair % AUDIT_PROCESSES
-                audited = (plain + pair // AUDIT_PROCESSES) % AUDIT_PROCESSES
-                which = {"gateway": plain, "gateway+audit": audited}
-                for name in names:
-                    port, process = processes[name][which[name]]
-                    before = cpu_seconds(process.pid)
-                    stats = run_wrk(wrk, port, count, seconds, data)
-                    if name in AUDITED:
-                        await audit_drained(port)
-                    rps[name].append(stats["rps"])
-                    cpu[name].append(
-                        (cpu_seconds(process.pid) - before) / max(stats["requests"], 1) * 1e6
-                    )
-            ratios = [a / p for a, p in zip(rps["gateway+audit"], rps["gateway"], strict=True)]
-            added = [a - p for a, p in zip(cpu["gateway+audit"], cpu["gateway"], strict=True)]
-            quartiles = statistics.quantiles(ratios, n=4)
-            results[str(count)] = {
-                "pairs": pairs,
-                "seconds": seconds,
-                "processes": AUDIT_PROCESSES,
-                "rps_ratio_median": round(statistics.median(ratios), 3),
-                "rps_ratio_quartiles": [round(quartiles[0], 3), round(quartiles[2], 3)],
-                "rps_ratio_min": round(min(ratios), 3),
-                "rps_ratio_max": round(max(ratios), 3),
-                "cpu_us_median": round(statistics.median(cpu["gateway"]), 1),
-                "cpu_us_added_median": round(statistics.median(added), 1),
-            }
-            print(f"  audit cost, c={count}: {results[str(count)]}", flush=True)
-        return results
-    finally:
-        for _, process in (p for launched in processes.values() for p in launched):
-            process.terminate()
-            process.wait(20)
+
+async def audit_cost(
+    wrk: str, database_url: str, data: Path, connections: tuple[int, ...], launches: int,
+    seconds: int,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The audit trail's cost on the warm path, from `launches` fresh processes of each
+    build, measured as the full runs are (warm-up, then each connection count) and
+    alternated, who goes first alternating too. The figure is the ratio of the builds'
+    median req/s; each build's range says how much one launch alone would have said."""
+    rps = {name: {count: [] for count in connections} for name in AUDIT_BUILDS}
+    cpu = {name: {count: [] for count in connections} for name in AUDIT_BUILDS}
+    for turn in range(launches):
+        for name in AUDIT_BUILDS if turn % 2 == 0 else reversed(AUDIT_BUILDS):
+            port, process = launch(name, database_url)
+            try:
+                await wait_listening(port, process)
+                run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
+                for count in connections:
+                    stats = await measured_run(wrk, name, port, process, count, seconds, data)
+                    rps[name][count].append(stats["rps"])
+                    cpu[name][count].append(stats["cpu_us"])
+                    print(f"  {name:13} launch {turn + 1} c={count:<5} {stats['rps']:,} req/s "
+                          f"{stats['cpu_us']} µs/req", flush=True)  # fmt: skip
+            finally:
+                process.terminate()
+                process.wait(20)
+    results = {}
+    for count in connections:
+        plain, audited = (statistics.median(rps[name][count]) for name in AUDIT_BUILDS)
+        plain_cpu, audited_cpu = (statistics.median(cpu[name][count]) for name in AUDIT_BUILDS)
+        results[str(count)] = {
+            "launches": launches,
+            "seconds": seconds,
+            "rps": rps["gateway"][count],
+            "rps_audited": rps["gateway+audit"][count],
+            "rps_ratio_of_medians": round(audited / plain, 3),
+            "cpu_us_median": round(plain_cpu, 1),
+            "cpu_us_added_median": round(audited_cpu - plain_cpu, 1),
+        }
+        print(f"  audit cost, c={count}: {results[str(count)]}", flush=True)
+    return results
 
 
 async def verify_locations(port: int, workload: Workload, tokens: list[str], n: int) -> int:
@@ -511,25 +504,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     if name != "ceiling":
                         mismatches = await verify_locations(port, workload, tokens, args.verify)
                     for connections in args.connections:
-                        # CPU per request, the server's and Postgres': what a request costs
-                        # whatever else the machine is doing (its speed drifts).
-                        cpu_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
-                        stats = run_wrk(wrk, port, connections, args.seconds, data)
-                        requests = max(stats["requests"], 1)
-                        if name in AUDITED:
-                            # Rows still queued when the load stops are this run's cost too:
-                            # the CPU is read once they are written, not left to the next run.
-                            stats["audit_backlog"] = await audit_queued(port)
-                            stats["audit_drain_s"] = await audit_drained(port)
-                        stats["cpu_us"] = round(
-                            (cpu_seconds(process.pid) - cpu_before) / requests * 1e6, 1
+                        stats = await measured_run(
+                            wrk, name, port, process, connections, args.seconds, data
                         )
-                        stats["db_cpu_us"] = round(
-                            (postgres_cpu_seconds() - db_before) / requests * 1e6, 1
-                        )
-                        stats.update(server=name, workload=workload.name,
-                                     connections=connections, rss_mb=round(rss_mb(process.pid), 1),
-                                     location_mismatches=mismatches)  # fmt: skip
+                        stats.update(workload=workload.name, location_mismatches=mismatches)
                         results["runs"].append(stats)
                         print(f"  {name:8} {workload.name} c={connections:<5} {stats}", flush=True)
                     if name == "gateway" and workload.name == "cold":
@@ -546,12 +524,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 finally:
                     process.terminate()
                     process.wait(20)
-            if workload.name == "warm" and args.audit_pairs and AUDIT_PAIR <= set(args.servers):
-                print("audit trail's cost, interleaved pairs ...", flush=True)
+            audit_builds = set(AUDIT_BUILDS) <= set(args.servers)
+            if workload.name == "warm" and args.audit_launches and audit_builds:
+                print("audit trail's cost, launches of both builds in turn ...", flush=True)
                 results["audit_cost"] = await audit_cost(
-                    wrk, database_url, data, args.connections, args.audit_pairs,
-                    AUDIT_PAIR_SECONDS,
-                )  # fmt: skip
+                    wrk, database_url, data, args.connections, args.audit_launches, args.seconds
+                )
     finally:
         stop_database()
     return results
@@ -593,8 +571,8 @@ def main() -> None:
     parser.add_argument("--connections", type=lambda v: tuple(map(int, v.split(","))),
                         default=(64, 1024))  # fmt: skip
     parser.add_argument("--no-presign", dest="presign", action="store_false")
-    parser.add_argument("--audit-pairs", type=int, default=40,
-                        help="interleaved gateway / gateway+audit pairs (0: none)")  # fmt: skip
+    parser.add_argument("--audit-launches", type=int, default=AUDIT_LAUNCHES,
+                        help="launches of gateway and of gateway+audit, in turn (0: none)")  # fmt: skip
     args = parser.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     results = asyncio.run(bench(args))

@@ -12,9 +12,10 @@ to +7.7 µs, and the writer encodes each distinct fact once per batch instead of
 each field up per row.
 
 The expiry is a column, not a fact: every URL has its own, so as a fact it made nearly
-every download a new entry (two tuples and a dict slot kept until the flush, thousands
-a batch), and audited 10-s runs cost 85-106 µs a request against 78-88 without the trail;
-with the expiry as a column, XXX.
+every download a new entry (two tuples and a dict slot kept until the flush, thousands a
+batch). 10-s runs of fresh processes, the builds alternated (README, "Performance"):
+without the audit trail 75-85 µs of CPU a request (median 80.4), with the expiry as a
+fact 88-95 (89.9), as a column 83-90 (87.0).
 """
 
 from __future__ import annotations
