@@ -20,7 +20,7 @@ dev: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
-# The benchmark of bench/run.py (about 17 minutes): results in bench/results/.
+# The benchmark of bench/run.py (about 14 minutes): results in bench/results/.
 bench: $(INSTALLED)
 	$(BIN)/pip install --quiet 'matplotlib>=3.8'
 	$(BIN)/python -m bench.run

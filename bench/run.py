@@ -166,14 +166,12 @@ def lua_data(path: Path, workload: Workload, tokens: list[str]) -> None:
     )
 
 
-def launch(
-    name: str, database_url: str, extra_env: dict[str, str] | None = None
-) -> tuple[int, subprocess.Popen[bytes]]:
+def launch(name: str, database_url: str) -> tuple[int, subprocess.Popen[bytes]]:
     """One of SERVERS on a free port, configured as its name says."""
     port = free_port()
     level = "INFO" if name == "gateway+log" else "WARNING"
     env = server_env(database_url, level, audit=name in AUDITED)
-    return port, start_server(name, port, {**env, **(extra_env or {})})
+    return port, start_server(name, port, env)
 
 
 def start_server(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
