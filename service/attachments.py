@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -21,6 +21,7 @@ from .handlers import canonical_uuid
 from .invalidation import apply_notification
 from .keys import CACHES, DATABASE, PRINCIPAL, SETTINGS, STORAGE
 from .problems import CHALLENGE_INVALID_TOKEN, Problem, unauthorized
+from .storage import MICROSECOND, UNIX_EPOCH, epoch_us
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -73,8 +74,6 @@ SOFT_DELETE = """
     RETURNING id
 """
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
 # A page cursor: "<created_at in epoch microseconds>.<id in 32 hex digits>" of the last
 # row shown. Documented as opaque (its form may change); it tells the caller nothing the
 # page did not.
@@ -120,8 +119,7 @@ async def show(request: web.Request) -> web.Response:
 
 
 def encode_cursor(row: Any) -> str:
-    micros = (row["created_at"] - EPOCH) // ONE_MICROSECOND
-    return f"{micros}.{row['id'].hex}"
+    return f"{epoch_us(row['created_at'])}.{row['id'].hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -130,7 +128,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     found = CURSOR.fullmatch(cursor)
     if found is None:
         raise Problem("invalid_request", reason="cursor")
-    return EPOCH + int(found[1]) * ONE_MICROSECOND, uuid.UUID(found[2])
+    return UNIX_EPOCH + int(found[1]) * MICROSECOND, uuid.UUID(found[2])
 
 
 def page_size(raw: str | None) -> int:

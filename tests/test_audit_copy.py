@@ -150,7 +150,7 @@ async def test_every_edge_address_and_user_agent_across_chunk_boundaries(databas
     """More rows than one chunk, so rows meet chunk boundaries; every edge value in turn."""
     keys = [Principal(uuid.uuid4(), uuid.uuid4(), "write", f"ixk_{i:08d}", True, None)
             for i in range(7)]  # fmt: skip
-    now = (datetime.now(UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    now = epoch_us(datetime.now(UTC))
     batch = [
         (
             now * 1000 + index * 1_234_567,
