@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: dev test lint bench migrate serve clean
+.PHONY: dev test test-fast lint bench migrate serve clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,20 @@ dev: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
+# The quick loop: everything but the slow and fault tests (markers in pyproject.toml).
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -m "not slow and not faults"
+
 # The benchmark of bench/run.py (about 14 minutes): results in bench/results/.
 bench: $(INSTALLED)
 	$(BIN)/pip install --quiet 'matplotlib>=3.8'
 	$(BIN)/python -m bench.run
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 migrate: $(INSTALLED)
 	$(BIN)/attachments-gateway migrate

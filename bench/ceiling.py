@@ -1,6 +1,6 @@
 """The ceiling: a bare aiohttp app answering the download route with a constant 307.
 
-Same server settings as the gateway (service.server.run_app: uvloop, its listener and
+Same server settings as the gateway (service.server.processes.run_app: uvloop, its listener and
 backlog, no access log);
 nothing decided, nothing signed: what aiohttp itself costs per redirect.
 """
@@ -11,7 +11,7 @@ import sys
 
 from aiohttp import web
 
-from service.server import run_app
+from service.server.processes import run_app
 
 LOCATION = "http://127.0.0.1:9/attachments/objects/constant?X-Amz-Signature=0"
 

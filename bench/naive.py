@@ -11,17 +11,20 @@ import hashlib
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import web
 
-from service.disposition import content_disposition, safe_content_type
-from service.server import run_app
+from service.core.disposition import content_disposition
+from service.core.media_types import safe_content_type
+from service.server.processes import run_app
 
 POOL = web.AppKey("pool", asyncpg.Pool)
-S3 = web.AppKey("s3", object)
+S3: web.AppKey[Any] = web.AppKey("s3")
 
 
 async def download(request: web.Request) -> web.Response:
@@ -51,7 +54,7 @@ async def download(request: web.Request) -> web.Response:
     )
     if row is None:
         raise web.HTTPNotFound()
-    url = await request.app[S3].generate_presigned_url(  # type: ignore[attr-defined]
+    url = await request.app[S3].generate_presigned_url(
         "get_object",
         Params={
             "Bucket": row["bucket"],
@@ -64,13 +67,15 @@ async def download(request: web.Request) -> web.Response:
     return web.Response(status=307, headers={"Location": url}, body=b"{}")
 
 
-async def resources(app: web.Application):  # type: ignore[no-untyped-def]
+async def resources(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=10)
     config = AioConfig(signature_version="s3v4", s3={"addressing_style": "path"})
     async with get_session().create_client(
-        "s3", region_name=os.environ["S3_REGION"], endpoint_url=os.environ["S3_ENDPOINT_URL"],
+        "s3",
+        region_name=os.environ["S3_REGION"],
+        endpoint_url=os.environ["S3_ENDPOINT_URL"],
         config=config,
-    ) as client:  # fmt: skip
+    ) as client:
         app[S3] = client
         yield
     await app[POOL].close()

@@ -8,9 +8,10 @@ from typing import Any
 
 
 def _run(results: dict[str, Any], server: str, workload: str, connections: int) -> dict[str, Any]:
-    for run in results["runs"]:
+    runs: list[dict[str, Any]] = results["runs"]
+    for run in runs:
         if (run["server"], run["workload"], run["connections"]) == (server, workload, connections):
-            return run  # type: ignore[no-any-return]
+            return run
     return {}
 
 
@@ -74,10 +75,11 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|",
         ]
         for connections, cost in results["audit_cost"].items():
-            plain = ", ".join(f"{rps:,}" for rps in cost["rps"])
-            audited = ", ".join(f"{rps:,}" for rps in cost["rps_audited"])
+            plain_rps = ", ".join(f"{rps:,}" for rps in cost["rps"])
+            audited_rps = ", ".join(f"{rps:,}" for rps in cost["rps_audited"])
             lines.append(
-                f"| {connections} | {plain} | {audited} | {cost['rps_ratio_of_medians']:.3f} | "
+                f"| {connections} | {plain_rps} | {audited_rps} | "
+                f"{cost['rps_ratio_of_medians']:.3f} | "
                 f"{cost['cpu_us_median']} | {cost['cpu_us_added_median']:+.1f} |"
             )
     presign = results["presign"]
@@ -90,8 +92,9 @@ def markdown(results: dict[str, Any]) -> str:
     if "full_caches" in results:
         full = results["full_caches"]
         filled = ", ".join(f"{name} {count:,}" for name, count in full["entries"].items())
-        lines.append(f"Caches filled at default sizes ({filled} entries): gateway RSS "
-                     f"{full['rss_mb']} MB.")  # fmt: skip
+        lines.append(
+            f"Caches filled at default sizes ({filled} entries): gateway RSS {full['rss_mb']} MB."
+        )
     if "idle" in results:
         idle = results["idle"]
         lines.append(

@@ -3,10 +3,11 @@
 One run starts, one at a time and on the same data: (1) the ceiling, bare aiohttp
 answering the route with a constant 307; (2) the naive build (two queries and aiobotocore
 per request); (3) the gateway. Servers are pinned to CPU 0, wrk (when taskset exists) and
-the embedded Postgres to CPU 1. Workloads: warm (10,000 attachments, 100 keys) and cold (1,000,000 attachments),
-each at 64 and 1,024 connections; then 5,000 idle keep-alive connections held against
-the gateway; then a microbenchmark of presigning alone. A sample of every server's
-Locations is checked against botocore's own signer. Results go to bench/results/.
+the embedded Postgres to CPU 1. Workloads: warm (10,000 attachments, 100 keys) and cold
+(1,000,000 attachments), each at 64 and 1,024 connections; then 5,000 idle keep-alive
+connections held against the gateway; then a microbenchmark of presigning alone. A sample
+of every server's Locations is checked against botocore's own signer. Results go to
+bench/results/.
 
 Everything listens on 127.0.0.1; no request leaves the machine. Presigning needs no S3
 server: the URLs point at an address nothing listens on and are verified by recomputing
@@ -27,7 +28,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,11 @@ import botocore.session
 import psutil
 from botocore.config import Config
 
-from service.disposition import content_disposition
-from service.migrate import apply_migrations
-from service.seaweed import free_port
-from service.settings import DEFAULT_MIGRATIONS_DIR, Settings
-from service.tokens import digest, display_prefix, generate_token
+from service.core.disposition import content_disposition
+from service.core.settings import DEFAULT_MIGRATIONS_DIR, Settings
+from service.core.tokens import digest, display_prefix, generate_token
+from service.data.migrations import apply_migrations
+from service.devstack.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -76,6 +78,8 @@ WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has b
 # 75-88 µs of CPU a request), so one full run of each cannot resolve a 10 % cost.
 AUDIT_BUILDS = ("gateway", "gateway+audit")
 AUDIT_LAUNCHES = 5
+# The counters of failed requests in wrk.lua's BENCH line.
+ERROR_KINDS = ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
 
 
 def server_env(database_url: str, log_level: str, audit: bool) -> dict[str, str]:
@@ -224,39 +228,40 @@ def postgres_cpu_seconds() -> float:
 
 def run_wrk(wrk: str, port: int, connections: int, seconds: int, data: Path) -> dict[str, Any]:
     threads = 1 if connections <= 64 else 2
-    command = pinned(1, [
-        wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-        "-s", str(HERE / "wrk.lua"), f"http://127.0.0.1:{port}",
-    ])  # fmt: skip
+    load = [f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
+    script = ["-s", str(HERE / "wrk.lua")]
+    command = pinned(1, [wrk, *load, *script, f"http://127.0.0.1:{port}"])
     output = subprocess.run(
-        command, env={**os.environ, "BENCH_DATA": str(data)}, capture_output=True, text=True,
-        check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
+        command,
+        env={**os.environ, "BENCH_DATA": str(data)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
     line = next(x for x in output.splitlines() if x.startswith("BENCH "))
     stats = json.loads(line[6:])
     seconds_measured = stats["duration_us"] / 1e6
-    errors = sum(stats[k] for k in ("status_errors", "connect_errors", "read_errors",
-                                    "write_errors", "timeouts"))  # fmt: skip
+    errors = sum(stats[k] for k in ERROR_KINDS)
     return {
         "rps": round(stats["requests"] / seconds_measured),
         "p50_ms": stats["p50_us"] / 1000,
         "p99_ms": stats["p99_us"] / 1000,
         "errors": errors,
-        "error_kinds": {
-            k: stats[k]
-            for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
-            if stats[k]
-        },
+        "error_kinds": {k: stats[k] for k in ERROR_KINDS if stats[k]},
         "requests": stats["requests"],
     }
 
 
 def botocore_client() -> Any:
     return botocore.session.get_session().create_client(
-        "s3", region_name=REGION, endpoint_url=ENDPOINT, aws_access_key_id=ACCESS_KEY,
+        "s3",
+        region_name=REGION,
+        endpoint_url=ENDPOINT,
+        aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )  # fmt: skip
+    )
 
 
 async def metric_value(port: int, sample: str) -> float | None:
@@ -280,8 +285,8 @@ async def audit_queued(port: int) -> int:
 
 
 # The caches a cold load can fill (the bench has 100 keys: the key cache stays small).
-DEFAULTS = {field.name: field.default for field in fields(Settings)}
-FILLED_CACHES = {"attachments": DEFAULTS["attachment_cache_size"], "urls": DEFAULTS["url_cache_size"]}
+DEFAULTS = Settings()
+FILLED_CACHES = {"attachments": DEFAULTS.attachment_cache_size, "urls": DEFAULTS.url_cache_size}
 
 
 async def fill_caches(wrk: str, port: int, data: Path) -> dict[str, int]:
@@ -297,20 +302,25 @@ async def fill_caches(wrk: str, port: int, data: Path) -> dict[str, int]:
     return entries
 
 
-async def audit_drained(port: int, timeout: float = 60.0) -> float:
+async def audit_drained(port: int, give_up_after: float = 60.0) -> float:
     """Seconds until the audit queue is empty after the load stopped."""
     started = time.monotonic()
     while await audit_queued(port):
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"audit queue not drained in {timeout:.0f} s")
+        if time.monotonic() - started > give_up_after:
+            raise RuntimeError(f"audit queue not drained in {give_up_after:.0f} s")
         await asyncio.sleep(0.05)
     return round(time.monotonic() - started, 2)
 
 
 async def measured_run(
-    wrk: str, name: str, port: int, process: subprocess.Popen[bytes], connections: int,
-    seconds: int, data: Path,
-) -> dict[str, Any]:  # fmt: skip
+    wrk: str,
+    name: str,
+    port: int,
+    process: subprocess.Popen[bytes],
+    connections: int,
+    seconds: int,
+    data: Path,
+) -> dict[str, Any]:
     """One wrk run against a warm server, with the server's and Postgres' CPU per request:
     what a request costs whatever else the machine is doing (its speed drifts)."""
     cpu_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
@@ -328,15 +338,23 @@ async def measured_run(
 
 
 async def audit_cost(
-    wrk: str, database_url: str, data: Path, connections: tuple[int, ...], launches: int,
+    wrk: str,
+    database_url: str,
+    data: Path,
+    connections: tuple[int, ...],
+    launches: int,
     seconds: int,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
+) -> dict[str, dict[str, Any]]:
     """The audit trail's cost on the warm path, from `launches` fresh processes of each
     build, measured as the full runs are (warm-up, then each connection count) and
     alternated, who goes first alternating too. The figure is the ratio of the builds'
     median req/s; each build's range says how much one launch alone would have said."""
-    rps = {name: {count: [] for count in connections} for name in AUDIT_BUILDS}
-    cpu = {name: {count: [] for count in connections} for name in AUDIT_BUILDS}
+    rps: dict[str, dict[int, list[int]]] = {
+        name: {count: [] for count in connections} for name in AUDIT_BUILDS
+    }
+    cpu: dict[str, dict[int, list[float]]] = {
+        name: {count: [] for count in connections} for name in AUDIT_BUILDS
+    }
     for turn in range(launches):
         for name in AUDIT_BUILDS if turn % 2 == 0 else reversed(AUDIT_BUILDS):
             port, process = launch(name, database_url)
@@ -347,8 +365,11 @@ async def audit_cost(
                     stats = await measured_run(wrk, name, port, process, count, seconds, data)
                     rps[name][count].append(stats["rps"])
                     cpu[name][count].append(stats["cpu_us"])
-                    print(f"  {name:13} launch {turn + 1} c={count:<5} {stats['rps']:,} req/s "
-                          f"{stats['cpu_us']} µs/req", flush=True)  # fmt: skip
+                    print(
+                        f"  {name:13} launch {turn + 1} c={count:<5} {stats['rps']:,} req/s "
+                        f"{stats['cpu_us']} µs/req",
+                        flush=True,
+                    )
             finally:
                 process.terminate()
                 process.wait(20)
@@ -382,8 +403,9 @@ async def verify_locations(port: int, workload: Workload, tokens: list[str], n: 
             i = random.randrange(workload.attachments)
             token = tokens[i // workload.per_workspace]
             url = f"http://127.0.0.1:{port}/api/v1/attachments/{ID_FORMAT.format(i)}/download"
-            async with session.get(url, headers={"Authorization": f"Bearer {token}"},
-                                   allow_redirects=False) as response:  # fmt: skip
+            async with session.get(
+                url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False
+            ) as response:
                 location = response.headers.get("Location", "")
             amz_date = parse_qs(urlsplit(location).query).get("X-Amz-Date", [""])[0]
             if response.status != 307 or not amz_date:
@@ -393,11 +415,16 @@ async def verify_locations(port: int, workload: Workload, tokens: list[str], n: 
             original = botocore.auth.get_current_datetime
             botocore.auth.get_current_datetime = lambda at=at: at
             try:
-                expected = client.generate_presigned_url("get_object", Params={
-                    "Bucket": "attachments", "Key": f"objects/{i}",
-                    "ResponseContentDisposition": content_disposition(f"report {i}.pdf"),
-                    "ResponseContentType": "application/pdf",
-                }, ExpiresIn=900)  # fmt: skip
+                expected = client.generate_presigned_url(
+                    "get_object",
+                    Params={
+                        "Bucket": "attachments",
+                        "Key": f"objects/{i}",
+                        "ResponseContentDisposition": content_disposition(f"report {i}.pdf"),
+                        "ResponseContentType": "application/pdf",
+                    },
+                    ExpiresIn=900,
+                )
             finally:
                 botocore.auth.get_current_datetime = original
             bad += location != expected
@@ -425,7 +452,7 @@ async def presign_microbenchmark() -> dict[str, float]:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
-    from service.signer import QuerySigner
+    from service.storage.signer import QuerySigner
 
     os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     session = get_session()
@@ -434,9 +461,12 @@ async def presign_microbenchmark() -> dict[str, float]:
         "response-content-disposition": content_disposition("report 1.pdf"),
         "response-content-type": "application/pdf",
     }
-    params = {"Bucket": "attachments", "Key": "objects/1",
-              "ResponseContentDisposition": response["response-content-disposition"],
-              "ResponseContentType": "application/pdf"}  # fmt: skip
+    params = {
+        "Bucket": "attachments",
+        "Key": "objects/1",
+        "ResponseContentDisposition": response["response-content-disposition"],
+        "ResponseContentType": "application/pdf",
+    }
     async with session.create_client(
         "s3", region_name=REGION, endpoint_url=ENDPOINT, config=config
     ) as client:
@@ -454,31 +484,40 @@ async def presign_microbenchmark() -> dict[str, float]:
         fast_us = (time.perf_counter() - started) / n * 1e6
         # Never-seen keys and filenames: nothing memoized.
         targets = [
-            (f"objects/{i}", {"response-content-disposition": content_disposition(f"r{i}.pdf"),
-                              "response-content-type": "application/pdf"})
+            (
+                f"objects/{i}",
+                {
+                    "response-content-disposition": content_disposition(f"r{i}.pdf"),
+                    "response-content-type": "application/pdf",
+                },
+            )
             for i in range(n)
-        ]  # fmt: skip
+        ]
         started = time.perf_counter()
         for key, fresh in targets:
             await signer.presign("GET", "attachments", key, fresh.items(), 900)
         fresh_us = (time.perf_counter() - started) / n * 1e6
-    return {"aiobotocore_us": round(aiobotocore_us, 1), "gateway_us": round(fast_us, 2),
-            "gateway_unseen_us": round(fresh_us, 2),
-            "speedup": round(aiobotocore_us / fast_us, 1)}  # fmt: skip
+    return {
+        "aiobotocore_us": round(aiobotocore_us, 1),
+        "gateway_us": round(fast_us, 2),
+        "gateway_unseen_us": round(fresh_us, 2),
+        "speedup": round(aiobotocore_us / fast_us, 1),
+    }
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     wrk = ensure_wrk()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     workdir = HERE / ".work"
     workdir.mkdir(exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{machine}, Python {platform.python_version()}",
         "seconds_per_run": args.seconds,
         "runs": [],
-    }  # fmt: skip
+    }
     if args.presign:
         print("presign microbenchmark ...", flush=True)
         results["presign"] = await presign_microbenchmark()
@@ -510,14 +549,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"  {name:8} {workload.name} c={connections:<5} {stats}", flush=True)
                     if name == "gateway" and workload.name == "cold":
                         entries = await fill_caches(wrk, port, data)
-                        results["full_caches"] = {"entries": entries,
-                                                  "rss_mb": round(rss_mb(process.pid), 1)}  # fmt: skip
+                        results["full_caches"] = {
+                            "entries": entries,
+                            "rss_mb": round(rss_mb(process.pid), 1),
+                        }
                         print(f"  caches filled: {results['full_caches']}", flush=True)
                     if name == "gateway" and workload.name == "cold" and args.idle:
                         before = rss_mb(process.pid)
                         held = await hold_idle_connections(port, args.idle)
-                        results["idle"] = {"connections": held, "rss_before_mb": round(before, 1),
-                                           "rss_after_mb": round(rss_mb(process.pid), 1)}  # fmt: skip
+                        results["idle"] = {
+                            "connections": held,
+                            "rss_before_mb": round(before, 1),
+                            "rss_after_mb": round(rss_mb(process.pid), 1),
+                        }
                         print(f"  idle keep-alive: {results['idle']}", flush=True)
                 finally:
                     process.terminate()
@@ -533,13 +577,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-async def database(args: argparse.Namespace, workdir: Path) -> tuple[str, Any]:
+async def database(args: argparse.Namespace, workdir: Path) -> tuple[str, Callable[[], None]]:
     if args.database_url:
         return args.database_url, lambda: None
     import pgserver
 
     shutil.rmtree(workdir / "pg", ignore_errors=True)
-    server = pgserver.get_server(workdir / "pg", cleanup_mode="delete")
+    server = pgserver.get_server(workdir / "pg", cleanup_mode="delete")  # type: ignore[attr-defined]
     pin_postgres(workdir / "pg", cpu=1)
     return server.get_uri(), server.cleanup
 
@@ -564,26 +608,33 @@ def main() -> None:
     parser.add_argument("--database-url", help="use this Postgres instead of an embedded one")
     # A partial run (for profiling one change) prints its table but leaves results/ alone.
     parser.add_argument("--servers", type=_names(SERVERS), default=SERVERS)
-    parser.add_argument("--workloads", type=_names(tuple(w.name for w in WORKLOADS)),
-                        default=tuple(w.name for w in WORKLOADS))  # fmt: skip
-    parser.add_argument("--connections", type=lambda v: tuple(map(int, v.split(","))),
-                        default=(64, 1024))  # fmt: skip
+    workloads = tuple(w.name for w in WORKLOADS)
+    parser.add_argument("--workloads", type=_names(workloads), default=workloads)
+    parser.add_argument(
+        "--connections", type=lambda v: tuple(map(int, v.split(","))), default=(64, 1024)
+    )
     parser.add_argument("--no-presign", dest="presign", action="store_false")
-    parser.add_argument("--audit-launches", type=int, default=AUDIT_LAUNCHES,
-                        help="launches of gateway and of gateway+audit, in turn (0: none)")  # fmt: skip
+    parser.add_argument(
+        "--audit-launches",
+        type=int,
+        default=AUDIT_LAUNCHES,
+        help="launches of gateway and of gateway+audit, in turn (0: none)",
+    )
     args = parser.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     results = asyncio.run(bench(args))
     from bench.report import write_reports
 
-    full = (args.servers, args.connections, args.presign, len(args.workloads)) == (
-        SERVERS, (64, 1024), True, len(WORKLOADS))  # fmt: skip
+    everything = (SERVERS, (64, 1024), True, len(WORKLOADS))
+    full = (args.servers, args.connections, args.presign, len(args.workloads)) == everything
     if not full:
         for run in results["runs"]:
-            print(f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
-                  f"{run['rps']:>7,} req/s  p99 {run['p99_ms']:.1f} ms  "
-                  f"CPU {run['cpu_us']} µs/req  Postgres {run['db_cpu_us']} µs/req  "
-                  f"{run['error_kinds']}")  # fmt: skip
+            print(
+                f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
+                f"{run['rps']:>7,} req/s  p99 {run['p99_ms']:.1f} ms  "
+                f"CPU {run['cpu_us']} µs/req  Postgres {run['db_cpu_us']} µs/req  "
+                f"{run['error_kinds']}"
+            )
         for connections, cost in results.get("audit_cost", {}).items():
             print(f"audit cost c={connections}: {cost}")
         return
@@ -592,7 +643,7 @@ def main() -> None:
     print(write_reports(results, RESULTS))
 
 
-def _names(allowed: tuple[str, ...]) -> Any:
+def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     def parse(value: str) -> tuple[str, ...]:
         names = tuple(value.split(","))
         if unknown := set(names) - set(allowed):

@@ -29,12 +29,13 @@ import pytest  # noqa: E402
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from service.admin import create_key, create_workspace, register_attachment  # noqa: E402
-from service.app import create_app  # noqa: E402
-from service.logs import AccessLogger, JsonFormatter, install_log_safety  # noqa: E402
-from service.migrate import apply_migrations  # noqa: E402
-from service.seaweed import S3Server, run_seaweedfs  # noqa: E402
-from service.settings import DEFAULT_MIGRATIONS_DIR, Settings  # noqa: E402
+from service.core.settings import DEFAULT_MIGRATIONS_DIR, Settings  # noqa: E402
+from service.data.admin import create_key, create_workspace, register_attachment  # noqa: E402
+from service.data.migrations import apply_migrations  # noqa: E402
+from service.devstack.seaweed import S3Server, run_seaweedfs  # noqa: E402
+from service.web.access_log import AccessLogger  # noqa: E402
+from service.web.app import create_app  # noqa: E402
+from service.web.logs import JsonFormatter, install_log_safety  # noqa: E402
 from tests.servers import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY  # noqa: E402
 
 # Every log record of the whole suite, at every level, rendered as the service renders

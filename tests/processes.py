@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from service.seaweed import free_port
+from service.devstack.ports import free_port
 
 
 class Gateway:

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 
-from service.admin import delete_attachment, set_api_access
+from service.data.admin import delete_attachment, set_api_access
 from tests.http import assert_problem
 
 SAME_ID = {"X-Request-ID": "fixed-request-id"}

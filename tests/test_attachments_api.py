@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from service.admin import register_attachment
+from service.data.admin import register_attachment
 from tests.http import assert_problem
 from tests.servers import BUCKET
 from tests.test_presign import fetch

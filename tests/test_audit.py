@@ -14,13 +14,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
-from service.app import create_app
-from service.audit import COLUMNS, AuditTrail, maintain_partitions
-from service.auth import Principal
-from service.keys import AUDIT
-from service.seaweed import free_port
+from service.core.principal import Principal
+from service.data.audit.trail import COLUMNS, AuditTrail, maintain_partitions
+from service.devstack.ports import free_port
+from service.web.app import create_app
+from service.web.audit import AUDIT
 from tests.http import raw_request
 
 
@@ -36,15 +35,9 @@ def audit_record(at, workspace_id, **fields):
 def record_downloads(trail, workspace_id, times, key_id=None, key_prefix="ixk_test"):
     """Downloads handed to the trail as the auth middleware hands them over."""
     attachment_id = str(uuid.uuid4())
-    request = make_mocked_request(
-        "GET",
-        f"/api/v1/attachments/{attachment_id}/download",
-        headers={"User-Agent": "test"},
-        match_info={"id": attachment_id},
-    )
     principal = Principal(key_id or uuid.uuid4(), workspace_id, "read", key_prefix, True, None)
     for _ in range(times):
-        trail.record(request, principal, "issued", 307, None)
+        trail.record(principal, attachment_id, "GET", "issued", 307, None, "test", None)
 
 
 async def recorded(conn, workspace_id):

@@ -9,16 +9,15 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
-from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audit import COLUMNS, AuditTrail
-from service.audit_copy import ROWS_PER_TURN, copy_data, printable
-from service.audit_queue import AuditQueue
-from service.auth import Principal
-from service.handlers import CANONICAL_UUID
-from service.storage import epoch_us
+from service.core.ids import CANONICAL_UUID
+from service.core.principal import Principal
+from service.core.times import epoch_us
+from service.data.audit.copy_format import ROWS_PER_TURN, copy_data, printable
+from service.data.audit.queue import AuditQueue
+from service.data.audit.trail import COLUMNS, AuditTrail
 
 EDGE_ADDRESSES = [
     "127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::", "::1", "2001:db8::1",
@@ -181,8 +180,7 @@ async def test_a_hostile_id_does_not_cost_the_batch_its_rows(database_url):
         principal = Principal(uuid.uuid4(), workspace, "read", "ixk_test0000", True, None)
         good = str(uuid.uuid4())
         for raw_id in (good, good + "\n", good + "%0A"):
-            request = make_mocked_request("GET", "/", match_info={"id": raw_id})
-            trail.record(request, principal, "not_found", 404, None)
+            trail.record(principal, raw_id, "GET", "not_found", 404, None, None, None)
         await trail.flush()
         assert (trail.written, trail.dropped) == (3, 0)
         ids = await pool.fetch(

@@ -8,8 +8,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audit_queue import ID_LENGTH, NO_EXPIRY, NOT_AN_ID, AuditQueue
-from service.auth import Principal
+from service.core.principal import Principal
+from service.data.audit.queue import ID_LENGTH, NO_EXPIRY, NOT_AN_ID, AuditQueue
 
 KEYS = [Principal(uuid.uuid4(), uuid.uuid4(), "read", f"ixk_{i}", True, None) for i in range(3)]
 IDS = [str(uuid.uuid4()), str(uuid.uuid4()).upper(), "not-an-id", "é" * 36, "x" * 37, ""]

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.admin import create_key, revoke_key
-from service.app import create_app
-from service.settings import Settings
-from service.tokens import generate_token
+from service.core.settings import Settings
+from service.core.tokens import generate_token
+from service.data.admin import create_key, revoke_key
+from service.web.app import create_app
 from tests.http import assert_problem, raw_get, raw_request
 
 BARE = 'Bearer realm="api"'

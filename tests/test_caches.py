@@ -9,12 +9,13 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from service.admin import create_key, delete_attachment, revoke_key, set_api_access
-from service.app import create_app
-from service.caches import MISSING, TTLCache
-from service.invalidation import APPLICATION_NAME
-from service.keys import CACHES, DATABASE
-from service.tokens import digest, display_prefix, generate_token
+from service.core.tokens import digest, display_prefix, generate_token
+from service.data.admin import create_key, delete_attachment, revoke_key, set_api_access
+from service.data.caches import MISSING, TTLCache
+from service.data.invalidation import APPLICATION_NAME
+from service.web.app import create_app
+from service.web.caches import CACHES
+from service.web.database import DATABASE
 from tests.processes import Gateway
 
 

@@ -13,9 +13,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 from yarl import URL
 
-from service.app import create_app
-from service.seaweed import S3Server, ensure_bucket, free_port
-from service.uploads import PART_SIZE
+from service.devstack.ports import free_port
+from service.devstack.seaweed import S3Server, ensure_bucket
+from service.storage.uploads import PART_SIZE
+from service.web.app import create_app
 from tests.servers import BUCKET
 
 TOKEN_SHAPE = r"^ixk_[0-9A-Za-z]{38}$"

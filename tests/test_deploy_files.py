@@ -39,8 +39,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.cli import build_parser
-from service.settings import Settings
+from service.cli.main import build_parser
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -313,9 +313,9 @@ def build_context_files() -> Iterator[Path]:
         ".ruff_cache/content",
         ".hypothesis/examples/x",
         "bench/results/run.json",
-        "build/lib/service/cli.py",
+        "build/lib/service/cli/main.py",
         "attachments_gateway.egg-info/PKG-INFO",
-        "service/__pycache__/cli.cpython-311.pyc",
+        "service/cli/__pycache__/main.cpython-311.pyc",
         "docker-compose.yml",
     ],
 )
@@ -325,7 +325,13 @@ def test_dockerignore_keeps_out(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["pyproject.toml", "README.md", "service/cli.py", "service/openapi.json", "migrations/x.sql"],
+    [
+        "pyproject.toml",
+        "README.md",
+        "service/cli/main.py",
+        "service/openapi.json",
+        "migrations/x.sql",
+    ],
 )
 def test_dockerignore_lets_in(path: str) -> None:
     assert not is_excluded(path)
@@ -368,7 +374,7 @@ def test_the_wheel_from_the_build_context_holds_the_whole_package(tmp_path: Path
         for path in (context / "service").rglob("*")
         if path.is_file()
     )
-    assert "service/cli.py" in package
+    assert "service/cli/main.py" in package
     missing = [name for name in package if name not in names]
     assert not missing, f"not in the wheel, so not in the image: {missing}"
     assert re.search(r"^attachments-gateway = service\.cli:main$", scripts, re.MULTILINE)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from service.demo import DEMO_BODY
-from service.seaweed import free_port
+from service.devstack.demo import DEMO_BODY
+from service.devstack.ports import free_port
 
 CURL = re.compile(r'curl -L -H "Authorization: Bearer (ixk_\w+)" (http://\S+)')
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.disposition import content_disposition, safe_content_type
+from service.core.disposition import content_disposition
+from service.core.media_types import safe_content_type
 
 SHAPE = re.compile(
     r"^attachment; filename=\"([ !#-$&-\[\]-~]*)\"; filename\*=UTF-8''([A-Za-z0-9!#$&+\-.^_`|~%]+)$"

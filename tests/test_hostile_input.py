@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from service.admin import delete_attachment
-from service.tokens import generate_token
+from service.core.tokens import generate_token
+from service.data.admin import delete_attachment
 from tests.http import raw_request
 
 READ = "read"

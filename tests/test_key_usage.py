@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-import service.usage
-from service.app import create_app
-from service.caches import MISSING
-from service.db import Database
-from service.keys import CACHES, KEY_USAGE
-from service.seaweed import free_port
-from service.tokens import digest
-from service.usage import KeyUsage
+import service.data.usage
+from service.core.tokens import digest
+from service.data.caches import MISSING
+from service.data.pool import Database
+from service.data.usage import KeyUsage
+from service.devstack.ports import free_port
+from service.web.app import create_app
+from service.web.caches import CACHES
+from service.web.usage import KEY_USAGE
 from tests.test_caches import _true, wait_until
 
 
@@ -34,7 +35,7 @@ async def test_a_used_key_shows_when_to_the_minute(
     # The usage clock stands still, so the whole test is within one minute (a real
     # minute boundary between two requests would rightly note a new minute).
     frozen = time.time()
-    monkeypatch.setattr(service.usage.time, "time", lambda: frozen)
+    monkeypatch.setattr(service.data.usage.time, "time", lambda: frozen)
     app = create_app(settings)
     client = await serve_app(app)
     await wait_until(lambda: _true(app[CACHES].live))
@@ -89,7 +90,7 @@ def test_key_list_shows_last_use(database_url, make_tenant, conn):
 
 
 async def _tenant_used(database_url):
-    from service.admin import create_key, create_workspace
+    from service.data.admin import create_key, create_workspace
 
     connection = await asyncpg.connect(database_url)
     try:

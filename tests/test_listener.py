@@ -10,7 +10,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from service.listener import BatchAcceptSite
+from service.server.listener import BatchAcceptSite
 
 
 @pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop])

@@ -10,8 +10,8 @@ import sys
 import asyncpg
 import pytest
 
-from service.migrate import MigrationError, apply_migrations, load_migrations
-from service.settings import DEFAULT_MIGRATIONS_DIR
+from service.core.settings import DEFAULT_MIGRATIONS_DIR
+from service.data.migrations import MigrationError, apply_migrations, load_migrations
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from service.problems import PROBLEM_TYPES
+from service.web.problems import PROBLEM_TYPES
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "service" / "openapi.json"
 DOCUMENT_URI = "urn:attachments-gateway:openapi"

@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from service.app import create_app
-from service.keys import CACHES
-from service.metrics import KNOWN_METHODS, LATENCY_BUCKETS, RequestCounts
-from service.seaweed import free_port
-from service.settings import Settings
+from service.core.settings import Settings
+from service.devstack.ports import free_port
+from service.web.app import create_app
+from service.web.caches import CACHES
+from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, RequestCounts
 from tests.test_caches import _true, wait_until
 from tests.test_openapi_document import DOCUMENT, HTTP_METHODS
 
@@ -230,7 +230,7 @@ async def test_access_log_lines_carry_context_but_no_query_or_secret(
     assert record.workspace_id == str(tenant.workspace_id)
     assert record.key_prefix == tenant.read_token[:12]
     assert record.duration_ms > 0
-    from service.logs import JsonFormatter
+    from service.web.logs import JsonFormatter
 
     line = json.loads(JsonFormatter().format(record))
     assert line["level"] == "info" and line["request_id"] == "log-check-1"

@@ -15,10 +15,10 @@ import pytest
 from botocore.config import Config
 from yarl import URL
 
-from service.app import create_app
-from service.disposition import content_disposition
-from service.settings import Settings
-from service.storage import signed_at
+from service.core.disposition import content_disposition
+from service.core.settings import Settings
+from service.storage.client import signed_at
+from service.web.app import create_app
 from tests.servers import BUCKET
 
 HOSTILE_FILENAMES = [

@@ -8,7 +8,7 @@ import uuid
 
 from botocore.exceptions import ClientError
 
-from service.admin import register_attachment
+from service.data.admin import register_attachment
 from tests.servers import BUCKET
 
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from service.app import create_app
-from service.tokens import generate_token
+from service.core.tokens import generate_token
+from service.web.app import create_app
 from tests.http import assert_problem
 
 POLICY = re.compile(r'^"(?P<name>[a-z-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')

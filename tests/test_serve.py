@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from service.seaweed import free_port
+from service.devstack.ports import free_port
 from tests.conftest import SECRETS_IN_LOGS
 from tests.processes import Gateway
 from tests.proxy import postgres_proxy

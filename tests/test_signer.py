@@ -13,8 +13,8 @@ from botocore.credentials import ReadOnlyCredentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.disposition import content_disposition
-from service.signer import QuerySigner, bucket_prefix_from
+from service.core.disposition import content_disposition
+from service.storage.signer import QuerySigner, bucket_prefix_from
 
 ACCESS_KEY = "AKIAEXAMPLEEXAMPLE01"
 SECRETS = ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "an+other/secret=")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.tokens import (
+from service.core.tokens import (
     BASE62,
     TOKEN_LENGTH,
     checksum,

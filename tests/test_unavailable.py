@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from service.app import create_app
-from service.keys import DATABASE
-from service.settings import Settings
+from service.core.settings import Settings
+from service.web.app import create_app
+from service.web.database import DATABASE
 from tests.http import assert_problem
 
 

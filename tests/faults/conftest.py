@@ -15,9 +15,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from service.admin import create_key, create_workspace, register_attachment
-from service.migrate import apply_migrations
-from service.settings import DEFAULT_MIGRATIONS_DIR
+from service.core.settings import DEFAULT_MIGRATIONS_DIR
+from service.data.admin import create_key, create_workspace, register_attachment
+from service.data.migrations import apply_migrations
 from tests.conftest import NO_ABUSE_LIMITS, SECRETS_IN_LOGS
 from tests.processes import Gateway
 

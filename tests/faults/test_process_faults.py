@@ -12,8 +12,8 @@ import time
 import asyncpg
 import pytest
 
-from service.admin import create_key, revoke_key
-from service.invalidation import APPLICATION_NAME
+from service.data.admin import create_key, revoke_key
+from service.data.invalidation import APPLICATION_NAME
 from tests.faults.conftest import Load, error_lines, eventually, metric, seed
 from tests.faults.test_database_faults import NO_CACHES
 from tests.proxy import postgres_proxy

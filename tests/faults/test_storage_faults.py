@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from service.seaweed import free_port
+from service.devstack.ports import free_port
 from tests.faults.conftest import error_lines, eventually, metric, seed
 from tests.http import assert_problem
 

@@ -1,0 +1,393 @@
+"""What each CLI command does; `main.py` only parses and prints."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import mimetypes
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..core.errors import DatabaseUnavailable, StorageNotConfigured, StorageUnavailable
+from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
+from ..core.settings import Settings
+from ..data import admin
+from ..data import purge as purging
+from ..data.migrations import apply_migrations
+from ..data.pool import UNAVAILABLE_ERRORS
+from ..devstack.demo import ensure_demo
+from ..storage.client import internal_client
+from ..storage.uploads import TerminalProgress, upload_file
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit 2."""
+
+
+class Unavailable(Exception):
+    """The database or S3 could not be reached: one line on stderr, exit 1."""
+
+
+@dataclass
+class Result:
+    human: str
+    data: Any = field(default_factory=dict)
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not a UUID") from None
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """What went wrong below, as the CLI's two kinds of failure: the one place where the
+    commands' errors are translated (each command just lets them rise)."""
+    try:
+        yield
+    except StorageNotConfigured as exc:
+        raise UsageError(str(exc)) from None
+    except StorageUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+    except (BotoCoreError, ClientError) as exc:
+        raise Unavailable(f"S3 refused or unreachable ({type(exc).__name__})") from None
+    except DatabaseUnavailable as exc:
+        raise Unavailable(f"database unreachable ({exc})") from None
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise UsageError(f"refused by the database: {str(exc).splitlines()[0]}") from None
+    except UNAVAILABLE_ERRORS as exc:
+        raise Unavailable(f"database unreachable ({type(exc).__name__})") from None
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def migrate(settings: Settings, args: argparse.Namespace) -> Result:
+    applied = await apply_migrations(settings.database_url, settings.migrations_dir)
+    names = ", ".join(applied)
+    return Result(f"applied {len(applied)} migration(s)" + (f": {names}" if names else ""))
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    from ..server.processes import serve as serve_one
+    from ..server.processes import serve_workers
+
+    workers = args.workers or settings.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    # The flags win over HOST/PORT/WORKERS, for the metrics listener too.
+    settings = replace(
+        settings, host=args.host or settings.host, port=args.port or settings.port, workers=workers
+    )
+    host, port = settings.host, settings.port
+    if workers == 1:
+        serve_one(settings, host, port)
+        return 0
+    return serve_workers(settings, host, port, workers)
+
+
+def dev(settings: Settings, args: argparse.Namespace) -> int:
+    from ..devstack.stack import run_dev_stack
+
+    run_dev_stack(args.port)
+    return 0
+
+
+async def seed(settings: Settings, args: argparse.Namespace) -> Result:
+    demo = await ensure_demo(settings, Path(args.state_file))
+    data = {**asdict(demo), "curl": demo.curl(args.base_url)}
+    human = (
+        f"demo workspace {demo.workspace_id}\n"
+        f"read key       {demo.read_token}\nwrite key      {demo.write_token}\n"
+        f"attachment     {demo.attachment_id}\n\n{data['curl']}"
+    )
+    return Result(human, data)
+
+
+def healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    url = args.url or f"http://127.0.0.1:{settings.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - operator's URL
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
+
+
+async def workspace_create(settings: Settings, args: argparse.Namespace) -> Result:
+    async with connect(settings) as conn:
+        workspace_id = await admin.create_workspace(
+            conn, args.name, api_access=not args.no_api_access
+        )
+    data = {"id": str(workspace_id), "name": args.name, "api_access": not args.no_api_access}
+    return Result(f"created workspace {workspace_id} ({args.name})", data)
+
+
+async def workspace_list(settings: Settings, args: argparse.Namespace) -> Result:
+    async with connect(settings) as conn:
+        rows = [dict(row) for row in await admin.list_workspaces(conn)]
+    lines = [
+        f"{r['id']}  api_access={'on' if r['api_access'] else 'off'}  {r['name']}" for r in rows
+    ]
+    return Result("\n".join(lines) or "no workspaces", rows)
+
+
+async def workspace_set_api_access(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.id, "workspace")
+    async with connect(settings) as conn:
+        if not await admin.set_api_access(conn, workspace_id, args.state == "on"):
+            raise UsageError(f"no workspace {workspace_id}")
+    data = {"id": str(workspace_id), "api_access": args.state == "on"}
+    return Result(f"api access {args.state} for workspace {workspace_id}", data)
+
+
+async def key_create(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    expires_at = None
+    if args.expires_in is not None:
+        if args.expires_in <= 0:
+            raise UsageError("--expires-in must be a positive number of seconds")
+        expires_at = datetime.now(UTC) + timedelta(seconds=args.expires_in)
+    async with connect(settings) as conn:
+        if not await admin.workspace_exists(conn, workspace_id):
+            raise UsageError(f"no workspace {workspace_id}")
+        key = await admin.create_key(
+            conn, workspace_id, scope=args.scope, name=args.name, expires_at=expires_at
+        )
+    data = {
+        "id": str(key.id),
+        "token": key.token,
+        "prefix": key.prefix,
+        "scope": key.scope,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
+    human = f"created {key.scope} key {key.id}\n{key.token}\n(shown once: store it now)"
+    return Result(human, data)
+
+
+async def key_list(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    async with connect(settings) as conn:
+        rows = [dict(row) for row in await admin.list_keys(conn, workspace_id)]
+    now = datetime.now(UTC)
+    for row in rows:
+        row["status"] = (
+            "revoked"
+            if row["revoked_at"]
+            else "expired"
+            if row["expires_at"] and row["expires_at"] <= now
+            else "active"
+        )
+    lines = [
+        f"{r['id']}  {r['prefix']}…  {r['scope']:<5}  {r['status']:<7}  "
+        f"last used {_minute(r['last_used_at'])}  {r['name']}"
+        for r in rows
+    ]
+    return Result("\n".join(lines) or "no keys", rows)
+
+
+def _minute(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "never"
+
+
+async def key_revoke(settings: Settings, args: argparse.Namespace) -> Result:
+    key_id = parse_uuid(args.key_id, "key")
+    async with connect(settings) as conn:
+        revoked = await admin.revoke_key(conn, key_id)
+    if not revoked:
+        raise UsageError(f"no active key {key_id}")
+    return Result(f"revoked key {key_id}", {"id": str(key_id), "revoked": True})
+
+
+def _content_type(value: str | None, filename: str) -> str:
+    content_type = value or mimetypes.guess_type(filename)[0] or DEFAULT_CONTENT_TYPE
+    if not is_media_type(content_type):
+        raise UsageError(f"{content_type!r} is not a media type")
+    return content_type
+
+
+async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    path = Path(args.path)
+    if not path.is_file():  # noqa: ASYNC240 - one stat before any I/O starts
+        raise UsageError(f"{path} is not a readable file")
+    filename = args.filename or path.name
+    content_type = _content_type(args.content_type, filename)
+    bucket = args.bucket or settings.s3_default_bucket
+    attachment_id = uuid.uuid4()
+    object_key = f"{workspace_id}/{attachment_id}"
+    async with connect(settings) as conn:
+        if not await admin.workspace_exists(conn, workspace_id):
+            raise UsageError(f"no workspace {workspace_id}")
+        progress = TerminalProgress(path.stat().st_size)  # noqa: ASYNC240 - one stat
+        async with internal_client(settings) as s3:
+            size = await upload_file(s3, bucket, object_key, path, content_type, progress)
+        await admin.register_attachment(
+            conn,
+            workspace_id,
+            bucket=bucket,
+            object_key=object_key,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=size,
+            attachment_id=attachment_id,
+        )
+    data = _attachment_data(
+        attachment_id, workspace_id, bucket, object_key, filename, content_type, size
+    )
+    return Result(f"added attachment {attachment_id} ({filename}, {size} bytes)", data)
+
+
+async def attachment_register(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    content_type = _content_type(args.content_type, args.filename)
+    if args.size is not None and args.size < 0:
+        raise UsageError("--size must not be negative")
+    async with connect(settings) as conn:
+        if not await admin.workspace_exists(conn, workspace_id):
+            raise UsageError(f"no workspace {workspace_id}")
+        attachment_id = await admin.register_attachment(
+            conn,
+            workspace_id,
+            bucket=args.bucket,
+            object_key=args.key,
+            filename=args.filename,
+            content_type=content_type,
+            size_bytes=args.size,
+        )
+    data = _attachment_data(
+        attachment_id, workspace_id, args.bucket, args.key, args.filename, content_type, args.size
+    )
+    return Result(f"registered attachment {attachment_id} ({args.filename})", data)
+
+
+def _attachment_data(
+    attachment_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    bucket: str,
+    key: str,
+    filename: str,
+    content_type: str,
+    size: int | None,
+) -> dict[str, Any]:
+    return {
+        "id": str(attachment_id),
+        "workspace_id": str(workspace_id),
+        "bucket": bucket,
+        "key": key,
+        "filename": filename,
+        "content_type": content_type,
+        "size_bytes": size,
+    }
+
+
+async def attachment_delete(settings: Settings, args: argparse.Namespace) -> Result:
+    attachment_id = parse_uuid(args.id, "attachment")
+    async with connect(settings) as conn:
+        if not await admin.delete_attachment(conn, attachment_id):
+            raise UsageError(f"no live attachment {attachment_id}")
+    return Result(
+        f"deleted attachment {attachment_id}", {"id": str(attachment_id), "deleted": True}
+    )
+
+
+SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def relative_age(value: str) -> timedelta | None:
+    """`30m`, `12h`, `7d` as a duration; None for anything else."""
+    unit = SINCE_UNITS.get(value[-1:])
+    if unit and value[:-1].isdigit():
+        return timedelta(seconds=int(value[:-1]) * unit)
+    return None
+
+
+def parse_since(value: str) -> datetime:
+    """`30m`, `12h`, `7d` ago, or an ISO 8601 moment (UTC unless it says otherwise)."""
+    if (age := relative_age(value)) is not None:
+        return datetime.now(UTC) - age
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--since {value!r}: use 30m, 12h, 7d or an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def audit(settings: Settings, args: argparse.Namespace) -> Result:
+    workspace_id = parse_uuid(args.workspace, "workspace")
+    attachment_id = parse_uuid(args.attachment, "attachment") if args.attachment else None
+    since = parse_since(args.since) if args.since else datetime.now(UTC) - timedelta(days=1)
+    async with connect(settings) as conn:
+        entries = await admin.audit_entries(conn, workspace_id, since, attachment_id, args.limit)
+    rows = [dict(row) for row in entries]
+    lines = [
+        f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['key_prefix']}…  {r['method']:<4}  {r['status']}  "
+        f"{r['outcome']:<18}  {r['attachment_id'] or '-'}  {r['client_address'] or '-'}  "
+        f"{r['user_agent'] or ''}"
+        for r in rows
+    ]
+    return Result("\n".join(lines) or "no downloads recorded", rows)
+
+
+def parse_age(value: str) -> timedelta:
+    """`90m`, `12h`, `30d`: an age, not a moment."""
+    age = relative_age(value)
+    if age is None:
+        raise UsageError(f"--older-than {value!r}: use minutes, hours or days (90m, 12h, 30d)")
+    return age
+
+
+async def purge(settings: Settings, args: argparse.Namespace) -> Result:
+    cutoff = datetime.now(UTC) - parse_age(args.older_than)
+    async with connect(settings) as conn:
+        if args.dry_run:
+            count = await purging.count_purgeable(conn, cutoff)
+            return Result(f"{count} attachments would be purged", {"would_purge": count})
+        async with internal_client(settings) as s3:
+            report = await purging.purge(conn, s3, cutoff)
+    data = {
+        "purged": report.rows,
+        "objects_deleted": report.objects,
+        "shared_objects_kept": report.shared_objects_kept,
+    }
+    human = (
+        f"purged {report.rows} attachments, deleted {report.objects} objects"
+        f" (kept {report.shared_objects_kept} still named by other attachments)"
+    )
+    return Result(human, data)
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
+    "migrate": migrate,
+    "serve": serve,
+    "dev": dev,
+    "seed": seed,
+    "healthcheck": healthcheck,
+    "workspace create": workspace_create,
+    "workspace list": workspace_list,
+    "workspace set-api-access": workspace_set_api_access,
+    "key create": key_create,
+    "key list": key_list,
+    "key revoke": key_revoke,
+    "attachment add": attachment_add,
+    "attachment register": attachment_register,
+    "attachment delete": attachment_delete,
+    "audit": audit,
+    "purge": purge,
+}

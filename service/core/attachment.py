@@ -1,0 +1,68 @@
+"""An attachment as a download needs it, and the URL handed out for it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from .disposition import content_disposition
+from .media_types import safe_content_type
+from .options import may_be_inline
+from .times import epoch_us, rfc3339
+
+
+# Cached values are NamedTuples of strings: tuples holding no containers drop out of the
+# garbage collector's tracking, so a cache of many entries costs a full collection nothing.
+class PresignedUrl(NamedTuple):
+    url: str
+    # Microseconds since the Unix epoch: an integer the audit trail queues as it is.
+    expires_at_us: int
+    expires_text: str  # RFC 3339, UTC, whole seconds
+    # The 307's JSON body, made once: a reused URL reuses its body too.
+    body: bytes = b""
+    # Signed for less than was asked: the credentials end sooner.
+    shortened: bool = False
+
+    @classmethod
+    def of(cls, url: str, expires_at: datetime, shortened: bool = False) -> PresignedUrl:
+        text = rfc3339(expires_at)
+        body = json.dumps({"expires_at": text}).encode()
+        return cls(url, epoch_us(expires_at), text, body, shortened)
+
+
+class AttachmentTarget(NamedTuple):
+    """What presigning an attachment needs, computed once per lookup (and then cached)."""
+
+    bucket: str
+    key: str
+    disposition: str  # response-content-disposition, as an attachment
+    content_type: str  # response-content-type
+    filename: str
+    size_bytes: int | None
+    # Created through the API and its upload not yet confirmed: downloads answer 409.
+    pending: bool = False
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> AttachmentTarget:
+        return cls(
+            row["bucket"],
+            row["object_key"],
+            content_disposition(row["filename"]),
+            safe_content_type(row["content_type"]),
+            row["filename"],
+            row["size_bytes"],
+            row["upload_pending"],
+        )
+
+    def response(self, inline: bool = False) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The S3 query parameters that set the download's headers; `inline` is granted
+        only to types a browser shows without running anything."""
+        disposition = self.disposition
+        if inline and may_be_inline(self.content_type):
+            disposition = content_disposition(self.filename, "inline")
+        return (
+            ("response-content-disposition", disposition),
+            ("response-content-type", self.content_type),
+        )

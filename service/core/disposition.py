@@ -1,0 +1,60 @@
+"""Content-Disposition values that S3 will echo to the client.
+
+RFC 6266 §4.3 and appendix D: an ASCII `filename` fallback for old clients plus an
+RFC 8187 `filename*` in UTF-8 that current ones prefer. Both parts are pure ASCII,
+which also keeps S3 from refusing the signature (boto/botocore#956).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import quote
+
+FALLBACK_NAME = "download"
+# Longest filename, in UTF-8 bytes, put into the header; file systems stop at 255.
+MAX_FILENAME_BYTES = 255
+# RFC 8187 attr-char beyond ALPHA / DIGIT, which quote() keeps anyway along with "_.-~".
+_ATTR_CHAR_EXTRAS = "!#$&+^`|"
+# What may stand in the quoted ASCII fallback: printable ASCII without `"`, `\` and `%`
+# (RFC 6266 appendix D: a `%` there may be decoded by some clients).
+_FALLBACK_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%]')
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """`attachment; filename="<ASCII>"; filename*=UTF-8''<percent-encoded>`."""
+    name = _clean(filename)
+    fallback = _ascii_fallback(name)
+    encoded = quote(name, safe=_ATTR_CHAR_EXTRAS, encoding="utf-8", errors="strict")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def _clean(filename: str) -> str:
+    # Control and format characters (CR, LF, NUL, DEL, U+202E right-to-left override...)
+    # can spoof or split what the user sees; directory parts are not the file's name.
+    chars = [c for c in filename if unicodedata.category(c) not in ("Cc", "Cf", "Cs")]
+    name = "".join(chars).replace("/", "_").replace("\\", "_").strip(" .")
+    if not name:
+        return FALLBACK_NAME
+    return _truncate_utf8(name, MAX_FILENAME_BYTES)
+
+
+def _truncate_utf8(name: str, limit: int) -> str:
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension.encode("utf-8")) > 16:
+        stem, extension = name, ""
+    suffix = "." + extension if extension else ""
+    budget = limit - len(suffix.encode("utf-8"))
+    kept = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return kept + suffix
+
+
+def _ascii_fallback(name: str) -> str:
+    # Keep the Latin letters of accented characters ("é" -> "e"); everything else
+    # non-ASCII, and the characters unsafe inside the quoted string, become "_".
+    decomposed = unicodedata.normalize("NFKD", name)
+    without_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
+    fallback = _FALLBACK_UNSAFE.sub("_", without_marks).strip(" ")
+    return fallback or FALLBACK_NAME

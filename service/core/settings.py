@@ -1,0 +1,194 @@
+"""Settings: one frozen dataclass, read from the environment and validated once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+# SigV4 refuses an X-Amz-Expires outside 1..604800 (seven days).
+MAX_PRESIGN_EXPIRES_SECONDS = 604_800
+# S3 takes at most 5 GiB in one PUT.
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db_pool_min_size: int = 0
+    db_pool_max_size: int = 32
+    db_connect_timeout: float = 2.0
+    db_acquire_timeout: float = 2.0
+    db_statement_timeout: float = 2.0
+
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "path"
+    s3_default_bucket: str = "attachments"
+    # How often the S3 endpoint is checked for a listener (0: never); see storage/probe.py.
+    s3_probe_interval_seconds: float = 5.0
+
+    # The largest upload POST /api/v1/attachments offers: one PUT, S3's 5 GiB limit.
+    upload_max_bytes: int = MAX_SINGLE_PUT_BYTES
+
+    presign_expires_seconds: int = 900
+    # The longest `?expires_in=` a download may ask for.
+    presign_max_expires_seconds: int = 3600
+    # "fast": our SigV4 signer (tests/test_signer.py proves it equal to botocore);
+    # "botocore": aiobotocore's generate_presigned_url, the reference.
+    presigner: str = "fast"
+    # A URL may be handed out again for this long (0: never); see docs/api.md, "URL reuse".
+    url_reuse_seconds: int = 60
+    url_cache_size: int = 50_000
+    key_cache_size: int = 10_000
+    attachment_cache_size: int = 50_000
+    cache_ttl_seconds: float = 30.0
+
+    # Abuse limits (requests per second, burst); a rate of 0 turns a limit off. Per process.
+    rate_limit_per_key: float = 50.0
+    rate_limit_burst_per_key: int = 100
+    rate_limit_per_workspace: float = 200.0
+    rate_limit_burst_per_workspace: int = 400
+    failed_auth_per_address: float = 1.0
+    failed_auth_burst_per_address: int = 20
+
+    # The download audit trail (see data/audit/trail.py).
+    audit_enabled: bool = True
+    audit_queue_size: int = 100_000
+    audit_flush_seconds: float = 1.0
+    audit_retention_days: int = 400
+    # Comma-separated addresses or networks whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    metrics_port: int | None = None
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
+            raise SettingsError(f"PRESIGN_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}")
+        if not 1 <= self.presign_max_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
+            raise SettingsError(
+                f"PRESIGN_MAX_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}"
+            )
+        if self.presign_expires_seconds > self.presign_max_expires_seconds:
+            raise SettingsError(
+                "PRESIGN_EXPIRES_SECONDS must not exceed PRESIGN_MAX_EXPIRES_SECONDS"
+            )
+        if not 0 <= self.upload_max_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise SettingsError(f"UPLOAD_MAX_BYTES must be 0..{MAX_SINGLE_PUT_BYTES}")
+        if self.presigner not in ("fast", "botocore"):
+            raise SettingsError("PRESIGNER must be 'fast' or 'botocore'")
+        if self.url_reuse_seconds < 0:
+            raise SettingsError("URL_REUSE_SECONDS must be >= 0")
+        for name in ("url_cache_size", "key_cache_size", "attachment_cache_size"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must be >= 0")
+        for name in ("rate_limit_per_key", "rate_limit_per_workspace", "failed_auth_per_address"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must be 0 or more")
+        for name in (
+            "rate_limit_burst_per_key",
+            "rate_limit_burst_per_workspace",
+            "failed_auth_burst_per_address",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be 1 or more")
+        try:
+            _networks(self.trusted_proxies)
+        except ValueError:
+            raise SettingsError("TRUSTED_PROXIES must be addresses or networks") from None
+        if self.audit_queue_size < 1 or self.audit_flush_seconds <= 0:
+            raise SettingsError("AUDIT_QUEUE_SIZE and AUDIT_FLUSH_SECONDS must be positive")
+        if self.audit_retention_days < 1:
+            raise SettingsError("AUDIT_RETENTION_DAYS must be 1 or more")
+        if self.s3_probe_interval_seconds < 0:
+            raise SettingsError("S3_PROBE_INTERVAL_SECONDS must be 0 or more")
+        if self.cache_ttl_seconds < 0:
+            raise SettingsError("CACHE_TTL_SECONDS must be >= 0")
+        if self.s3_addressing_style not in ("path", "virtual"):
+            raise SettingsError("S3_ADDRESSING_STYLE must be 'path' or 'virtual'")
+        if self.db_pool_max_size < 1 or self.db_pool_min_size < 0:
+            raise SettingsError("DB_POOL_MAX_SIZE must be >= 1 and DB_POOL_MIN_SIZE >= 0")
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise SettingsError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        if self.workers < 1:
+            raise SettingsError("WORKERS must be >= 1")
+        for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be > 0")
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return _networks(self.trusted_proxies)
+
+    @property
+    def url_reuse_window(self) -> int:
+        """Seconds a URL may be handed out again; never as long as its whole lifetime."""
+        if self.url_reuse_seconds >= self.presign_expires_seconds:
+            return 0
+        return self.url_reuse_seconds
+
+    @property
+    def signing_endpoint_url(self) -> str | None:
+        """The S3 address put into URLs handed to clients."""
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `environ` (default: os.environ plus an optional `.env` in the
+        working directory, whose values never override the real environment); an empty
+        value means unset."""
+        if environ is None:
+            from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            environ = {**from_file, **os.environ}
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(field.name.upper(), "").strip()
+            if not raw:
+                continue
+            values[field.name] = _convert(field.name, field.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name).removesuffix(" | None")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name.upper()} must be true or false, got {raw!r}")
+    except ValueError:
+        raise SettingsError(f"{name.upper()} must be a number, got {raw!r}") from None
+    return raw
+
+
+@lru_cache(maxsize=8)
+def _networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    return tuple(ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip())

@@ -1,0 +1,132 @@
+"""The attachments resource's statements: every one names the caller's workspace, so that
+another tenant's attachment is the same `NotFound` as a missing one."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from ..core.errors import NotFound, UnknownWorkspace
+from .pool import Database
+
+# What the API shows of an attachment.
+COLUMNS = "id, filename, content_type, size_bytes, created_at, upload_pending"
+# What an AttachmentTarget is built from, of the attachment `a`.
+TARGET_COLUMNS = (
+    "a.bucket, a.object_key, a.filename, a.content_type, a.size_bytes, a.upload_pending"
+)
+
+# (The statements below are made of the constants above only, never of input.)
+SHOW = f"""
+    SELECT {COLUMNS} FROM attachments
+    WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+"""  # noqa: S608
+
+# Newest first; ties (one transaction's rows share created_at) broken by id. Both orders
+# are those of attachments_workspace_created_idx, so every page is an index range scan.
+FIRST_PAGE = f"""
+    SELECT {COLUMNS} FROM attachments
+    WHERE workspace_id = $1 AND deleted_at IS NULL
+    ORDER BY created_at DESC, id
+    LIMIT $2
+"""  # noqa: S608
+NEXT_PAGE = f"""
+    SELECT {COLUMNS} FROM attachments
+    WHERE workspace_id = $1 AND deleted_at IS NULL
+      AND (created_at < $2 OR (created_at = $2 AND id > $3))
+    ORDER BY created_at DESC, id
+    LIMIT $4
+"""  # noqa: S608
+
+CREATE = f"""
+    INSERT INTO attachments (id, workspace_id, bucket, object_key, filename, content_type,
+                             size_bytes, upload_pending)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, true)
+    RETURNING {COLUMNS}
+"""  # noqa: S608
+
+UPLOAD_OF = f"""
+    SELECT {COLUMNS}, bucket, object_key FROM attachments
+    WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+"""  # noqa: S608
+CONFIRM = f"""
+    UPDATE attachments SET upload_pending = false, size_bytes = $3
+    WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL AND upload_pending
+    RETURNING {COLUMNS}
+"""  # noqa: S608
+
+# The one soft delete: by the API within the caller's workspace, by the operator's CLI
+# in any ($2 NULL). `attachments-gateway purge` removes the row and object later.
+SOFT_DELETE = """
+    UPDATE attachments SET deleted_at = now()
+    WHERE id = $1 AND ($2::uuid IS NULL OR workspace_id = $2) AND deleted_at IS NULL
+    RETURNING id
+"""
+
+
+async def show(db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID) -> asyncpg.Record:
+    row = await db.fetchrow(SHOW, attachment_id, workspace_id)
+    if row is None:
+        raise NotFound
+    return row
+
+
+async def page(
+    db: Database,
+    workspace_id: uuid.UUID,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[asyncpg.Record]:
+    """Up to `limit` attachments, newest first, after the (created_at, id) of `after`."""
+    if after is None:
+        return await db.fetch(FIRST_PAGE, workspace_id, limit)
+    return await db.fetch(NEXT_PAGE, workspace_id, *after, limit)
+
+
+async def create(
+    db: Database,
+    attachment_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    bucket: str,
+    object_key: str,
+    filename: str,
+    content_type: str,
+    size: int,
+) -> asyncpg.Record:
+    """A new attachment, its upload pending."""
+    try:
+        row = await db.fetchrow(
+            CREATE, attachment_id, workspace_id, bucket, object_key, filename, content_type, size
+        )
+    except asyncpg.ForeignKeyViolationError:  # the workspace went away since the key was read
+        raise UnknownWorkspace from None
+    assert row is not None  # INSERT ... RETURNING
+    return row
+
+
+async def upload_of(
+    db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID
+) -> asyncpg.Record:
+    """The attachment with where its object is stored."""
+    row = await db.fetchrow(UPLOAD_OF, attachment_id, workspace_id)
+    if row is None:
+        raise NotFound
+    return row
+
+
+async def confirm(
+    db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID, size: int
+) -> asyncpg.Record:
+    """Mark the upload done with its stored size. A concurrent confirmation or deletion
+    wins: then this answers with what it left."""
+    row = await db.fetchrow(CONFIRM, attachment_id, workspace_id, size)
+    if row is None:
+        return await show(db, attachment_id, workspace_id)
+    return row
+
+
+async def soft_delete(db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID) -> None:
+    if await db.fetchrow(SOFT_DELETE, attachment_id, workspace_id) is None:
+        raise NotFound

@@ -1,0 +1,175 @@
+"""Per-process caches for the hot path: bounded (LRU), short-lived (TTL), and switched off
+whenever cross-instance invalidation (Postgres LISTEN/NOTIFY) is not known to work."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, Literal, TypeVar
+
+from ..core.attachment import AttachmentTarget, PresignedUrl
+from ..core.principal import Principal
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Missing(enum.Enum):
+    """Not in the cache (as opposed to a cached None: known not to exist)."""
+
+    MISSING = enum.auto()
+
+
+MISSING: Final = Missing.MISSING
+Miss = Literal[Missing.MISSING]
+
+
+class TTLCache(Generic[K, V]):
+    """An LRU map whose entries also expire `ttl` seconds after they were stored.
+
+    With a `lease`, an entry is refreshed by one caller before it expires, not by all
+    at once when it does: the first `get` in its last `lease` seconds misses (and should
+    look the value up and `put` it) while everyone else is still served the entry, never
+    past its TTL. Without it, every request that hits a popular entry in the instant it
+    expires goes to the database together: at 1,024 connections that herd queued past the
+    pool's acquire timeout.
+    """
+
+    def __init__(self, size: int, ttl: float, lease: float = 0.0) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.lease = lease
+        # key -> (expires at, value, already leased)
+        self._entries: OrderedDict[K, tuple[float, V, bool]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | Miss:
+        """The value, or MISSING."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            expires, value, leased = entry
+            now = time.monotonic()
+            if now >= expires:
+                del self._entries[key]
+            elif leased or now < expires - self.lease:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return value
+            else:  # this caller refreshes it; the others keep the value meanwhile
+                self._entries[key] = (expires, value, True)
+        self.misses += 1
+        return MISSING
+
+    def put(self, key: K, value: V) -> None:
+        if self.size <= 0:
+            return
+        self._entries[key] = (time.monotonic() + self.ttl, value, False)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(slots=True)
+class HotPathCaches:
+    """What one process remembers between requests.
+
+    `live` is true only while the invalidation listener is connected: a cache that
+    cannot hear about revocations is bypassed (and was flushed when the listener
+    dropped), so a revoked key never outlives the listener's outage by more than the
+    time it takes to notice it.
+    """
+
+    keys: TTLCache[bytes, Principal | None]  # token digest -> key, or None: no such live key
+    # Attachments by canonical id text (as in the URL: no parsing on a hit).
+    # Values are stored as plain tuples of strings and numbers (see `remember_attachment`):
+    # id -> (workspace id as an int, target as a tuple, or None).
+    attachments: TTLCache[str, tuple[int, tuple[Any, ...] | None]]
+    # (attachment id, method, *variant) -> PresignedUrl as a plain tuple
+    urls: TTLCache[tuple[Any, ...], tuple[Any, ...]]
+    live: bool = False
+    # Bumped by every invalidation: a lookup that started before one must not store its
+    # (possibly stale) answer.
+    generation: int = 0
+    flushes: int = field(default=0)
+
+    def may_store(self, generation: int) -> bool:
+        """Whether an answer looked up at `generation` may be cached: the caches are on, and
+        no invalidation came while it was being looked up (it might be stale)."""
+        return self.live and self.generation == generation
+
+    def flush(self) -> None:
+        self.keys.clear()
+        self.attachments.clear()
+        self.urls.clear()
+        self.generation += 1
+        self.flushes += 1
+
+    # Cached values are kept as exact tuples of atoms, which the garbage collector stops
+    # tracking (it never untracks NamedTuples, dataclasses or UUIDs): kept as objects, a
+    # full cache makes every full collection walk them all, a pause of the whole loop.
+
+    def attachment(
+        self, attachment_id: str, workspace_id: uuid.UUID
+    ) -> AttachmentTarget | Miss | None:
+        """The cached target, None (known: no such live attachment here), or MISSING."""
+        cached = self.attachments.get(attachment_id)
+        # Cached for another workspace's caller: that says nothing about this one.
+        if cached is MISSING or cached[0] != workspace_id.int:
+            return MISSING
+        return AttachmentTarget._make(cached[1]) if cached[1] is not None else None
+
+    def remember_attachment(
+        self, attachment_id: str, workspace_id: uuid.UUID, target: AttachmentTarget | None
+    ) -> None:
+        plain = tuple(target) if target is not None else None
+        self.attachments.put(attachment_id, (workspace_id.int, plain))
+
+    def url(
+        self, attachment_id: str, method: str, variant: tuple[Any, ...] = ()
+    ) -> PresignedUrl | Miss:
+        """A PresignedUrl still within its reuse window, or MISSING.
+
+        `variant` is empty for a plain download (whose entries `forget_attachment` drops);
+        with options it holds them and the target itself, so that a changed attachment
+        can never match an older URL."""
+        cached = self.urls.get((attachment_id, method, *variant))
+        return cached if cached is MISSING else PresignedUrl._make(cached)
+
+    def remember_url(
+        self,
+        attachment_id: str,
+        method: str,
+        presigned: PresignedUrl,
+        variant: tuple[Any, ...] = (),
+    ) -> None:
+        self.urls.put((attachment_id, method, *variant), tuple(presigned))
+
+    def forget_attachment(self, attachment_id: str) -> None:
+        """The attachment changed: drop it and its plain URLs, and let no lookup under way
+        store what it read before the change."""
+        self.generation += 1
+        self.attachments.pop(attachment_id)
+        for method in ("GET", "HEAD"):
+            self.urls.pop((attachment_id, method))
+
+    def forget_key(self, token_digest: bytes) -> None:
+        self.generation += 1
+        self.keys.pop(token_digest)
+
+    def forget_keys(self) -> None:
+        """Every key: a workspace's entitlement changed, and keys are cached by digest."""
+        self.generation += 1
+        self.keys.clear()

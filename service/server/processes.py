@@ -1,0 +1,171 @@
+"""Running the HTTP server: one process, or N workers sharing the port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from contextlib import suppress
+from types import FrameType
+from typing import Any
+
+from aiohttp import web
+
+from ..core.settings import Settings
+from ..data.pool import UNAVAILABLE_ERRORS
+from ..web.access_log import AccessLogger
+from ..web.app import create_app
+from ..web.logs import configure_logging
+from .listener import BatchAcceptSite
+
+log = logging.getLogger(__name__)
+
+# aiohttp defaults to 128: a burst of new connections would wait for SYN retries.
+LISTEN_BACKLOG = 4096
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (it is a dependency on Linux), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish
+    (up to SHUTDOWN_GRACE_SECONDS) and close the pool and the S3 client.
+
+    `on_listening` runs once the socket accepts connections."""
+    configure_logging(settings.log_level)
+    log.info("serving on http://%s:%d", host, port)
+    run_app(
+        create_app(settings),
+        host,
+        port,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        reuse_port=reuse_port,
+        on_listening=on_listening,
+    )
+    log.info("stopped")
+
+
+def run_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+    access_log: bool = True,
+) -> None:
+    """aiohttp's `web.run_app`, on uvloop, with a BatchAcceptSite (see listener.py) and a
+    frozen heap. The benchmark's ceiling and naive servers run on it too."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.set_exception_handler(quiet_abandoned_database_tasks)
+    runner = web.AppRunner(
+        app,
+        handle_signals=True,
+        shutdown_timeout=shutdown_timeout,
+        **({"access_log_class": AccessLogger} if access_log else {"access_log": None}),
+    )
+    main = loop.create_task(_serve_until_signal(runner, host, port, reuse_port, on_listening))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass  # the runner's signal handlers raise GracefulExit out of the loop
+    finally:
+        if not main.done():
+            main.cancel()  # its `finally` drains: runner.cleanup()
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        _cancel_leftover_tasks(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve_until_signal(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    on_listening: Callable[[], None] | None,
+) -> None:
+    await runner.setup()
+    # Everything built so far (botocore's service models, the app, its empty caches)
+    # lives as long as the process: moved out of the collector's view, a full
+    # collection no longer walks ~100,000 objects and the caches' tables each time.
+    gc.freeze()
+    try:
+        site = BatchAcceptSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+        await site.start()
+        if on_listening is not None:
+            on_listening()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def quiet_abandoned_database_tasks(
+    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+) -> None:
+    """asyncpg returns a connection to its pool in a shielded task; when the request that
+    waited for it is cancelled (at shutdown, with the database silent), that task's
+    timeout is "never retrieved" and asyncio would log it at ERROR. It is the database's
+    outage, already reported as such: a warning, not an error of ours."""
+    exc = context.get("exception")
+    if str(context.get("message", "")).startswith("Task exception was never retrieved") and (
+        isinstance(exc, UNAVAILABLE_ERRORS)
+    ):
+        log.warning("a database task nobody waited for ended: %s", type(exc).__name__)
+        return
+    loop.default_exception_handler(context)
+
+
+def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
+    """N worker processes bound to one port; the kernel spreads connections among them.
+
+    The parent only supervises: SIGTERM/SIGINT are passed on to every worker, and it
+    exits once they all have, with the worst exit code.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=serve, args=(settings, host, port), kwargs={"reuse_port": True})
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+    return max((process.exitcode or 0) for process in processes)

@@ -1,0 +1,205 @@
+"""Object storage: one aiobotocore S3 client for the app's life, used to presign.
+
+The client is built for the *public* endpoint (`S3_PUBLIC_ENDPOINT_URL`), because
+the host is part of what SigV4 signs: a URL signed for an internal name cannot be
+rewritten for clients afterwards. Presigning needs no network round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..core.attachment import AttachmentTarget, PresignedUrl
+from ..core.errors import StorageNotConfigured, StorageUnavailable
+from ..core.options import PLAIN, DownloadOptions
+from ..core.settings import Settings
+from .lifetimes import UrlLifetime
+from .signer import QuerySigner
+
+log = logging.getLogger(__name__)
+
+# What S3 answers to CreateBucket for a bucket that is already there.
+BUCKET_ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
+# The S3 operation whose signature each HTTP method needs: S3 checks the method,
+# so a GET-signed URL answers 403 to HEAD.
+OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
+
+# How long an API client has to start its upload (the issue's 15 minutes).
+UPLOAD_URL_SECONDS = 900
+# A HEAD on the request path (confirming an upload) waits this long at most.
+HEAD_TIMEOUT_SECONDS = 10.0
+# What S3 answers to HEAD for an object that is not there.
+NOT_THERE = ("404", "NoSuchKey", "NotFound")
+
+
+@dataclass(slots=True)
+class Storage:
+    """The signing client, or the reason there is none (then every presign is a 503)."""
+
+    client: Any | None
+    unavailable_reason: str | None
+    expires_seconds: int
+    signer: QuerySigner | None = None
+    lifetime: UrlLifetime | None = None
+    # False while the storage probe cannot reach the endpoint: a URL would not work.
+    reachable: bool = True
+    # For calls the gateway itself makes (HEAD), on the internal endpoint.
+    internal: Any | None = None
+
+    async def presign(
+        self, method: str, target: AttachmentTarget, options: DownloadOptions = PLAIN
+    ) -> PresignedUrl:
+        if self.client is None:
+            raise StorageNotConfigured(self.unavailable_reason or "not configured")
+        try:
+            asked = options.expires_in or self.expires_seconds
+            expires = await self.lifetime.seconds(asked) if self.lifetime else asked
+            shortened = expires < asked
+            response = target.response(options.inline)
+            if self.signer is not None:
+                now = datetime.now(UTC).replace(microsecond=0)
+                url = await self.signer.presign(
+                    method, target.bucket, target.key, response, expires, now
+                )
+                return PresignedUrl.of(url, now + timedelta(seconds=expires), shortened)
+            return await self.presign_with_botocore(method, target, response, expires, shortened)
+        except BotoCoreError as exc:
+            # e.g. credentials that could not be refreshed; the text stays in our log.
+            log.warning("presigning failed: %s", type(exc).__name__)
+            raise StorageUnavailable(type(exc).__name__) from exc
+
+    async def presign_with_botocore(
+        self,
+        method: str,
+        target: AttachmentTarget,
+        response: tuple[tuple[str, str], tuple[str, str]],
+        expires: int,
+        shortened: bool = False,
+    ) -> PresignedUrl:
+        """aiobotocore's own presigning: the reference the fast signer is held to."""
+        assert self.client is not None
+        (_, disposition), (_, content_type) = response
+        params = {
+            "Bucket": target.bucket,
+            "Key": target.key,
+            "ResponseContentDisposition": disposition,
+            "ResponseContentType": content_type,
+        }
+        url: str = await self.client.generate_presigned_url(
+            OPERATION_FOR_METHOD[method], Params=params, ExpiresIn=expires
+        )
+        return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=expires), shortened)
+
+    async def presign_upload(
+        self, bucket: str, key: str, content_type: str, size: int
+    ) -> PresignedUrl:
+        """A PUT URL for exactly this object: its Content-Type and Content-Length are signed,
+        so S3 refuses (403) a body of any other size or type."""
+        if self.client is None:
+            raise StorageNotConfigured(self.unavailable_reason or "not configured")
+        if not self.reachable:
+            raise StorageUnavailable("unreachable")
+        try:
+            expires = UPLOAD_URL_SECONDS
+            if self.lifetime is not None:
+                expires = await self.lifetime.seconds(expires)
+            params = {
+                "Bucket": bucket,
+                "Key": key,
+                "ContentType": content_type,
+                "ContentLength": size,
+            }
+            url: str = await self.client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=expires
+            )
+        except BotoCoreError as exc:
+            log.warning("presigning an upload failed: %s", type(exc).__name__)
+            raise StorageUnavailable(type(exc).__name__) from exc
+        return PresignedUrl.of(
+            url, signed_at(url) + timedelta(seconds=expires), expires < UPLOAD_URL_SECONDS
+        )
+
+    async def stored_size(self, bucket: str, key: str) -> int | None:
+        """The object's size in bytes, or None when it is not there."""
+        if self.internal is None:
+            raise StorageNotConfigured(self.unavailable_reason or "not configured")
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
+                head = await self.internal.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in NOT_THERE:
+                return None
+            log.warning("HEAD of an upload failed: %s", code)
+            raise StorageUnavailable(code) from exc
+        except (BotoCoreError, OSError, TimeoutError) as exc:
+            log.warning("HEAD of an upload failed: %s", type(exc).__name__)
+            raise StorageUnavailable(type(exc).__name__) from exc
+        return int(head["ContentLength"])
+
+
+def signed_at(url: str) -> datetime:
+    """The X-Amz-Date a SigV4 query signature carries: the start of its validity."""
+    (amz_date,) = parse_qs(urlsplit(url).query)["X-Amz-Date"]
+    return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+async def _client_context(settings: Settings, endpoint: str | None, session: Any = None) -> Any:
+    """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing."""
+    session = session or get_session()
+    region = settings.s3_region or session.get_config_variable("region")
+    if not endpoint and not region:
+        raise StorageNotConfigured("no S3 endpoint or region configured")
+    if await session.get_credentials() is None:
+        raise StorageNotConfigured("no S3 credentials found")
+    config = AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": settings.s3_addressing_style},
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
+    return session.create_client(
+        "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
+    )
+
+
+async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> Storage:
+    """A Storage whose signing client lives as long as `stack`; none if S3 is not configured."""
+    session = get_session()
+    try:
+        context = await _client_context(settings, settings.signing_endpoint_url, session)
+    except StorageNotConfigured as exc:
+        return Storage(None, str(exc), settings.presign_expires_seconds)
+    client = await stack.enter_async_context(context)
+    # The same credential chain the client uses (refreshable ones refresh themselves).
+    credentials = await session.get_credentials()
+    signer = None
+    if settings.presigner == "fast":
+        signer = QuerySigner(client, credentials, client.meta.region_name)
+    expires = settings.presign_expires_seconds
+    internal = client
+    if settings.s3_endpoint_url and settings.s3_endpoint_url != settings.signing_endpoint_url:
+        internal = await stack.enter_async_context(
+            await _client_context(settings, settings.s3_endpoint_url, session)
+        )
+    return Storage(client, None, expires, signer, UrlLifetime(credentials), internal=internal)
+
+
+@contextlib.asynccontextmanager
+async def internal_client(settings: Settings) -> AsyncIterator[Any]:
+    """A client for S3 API calls (uploads, bucket set-up) on the internal endpoint."""
+    async with await _client_context(settings, settings.s3_endpoint_url) as client:
+        yield client

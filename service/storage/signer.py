@@ -1,0 +1,175 @@
+"""A SigV4 query signer for S3 GET/HEAD URLs: botocore's output, byte for byte, faster.
+
+aiobotocore's `generate_presigned_url` builds a request object, resolves endpoint rules
+and derives the signing key for every URL (docs/performance.md has what that costs on the
+download path). This signer does only the SigV4
+arithmetic (AWS "Authenticating Requests: Using Query Parameters") and leaves everything
+else to botocore, asked once per bucket:
+
+- the URL prefix of a bucket (scheme, host, port, path or virtual addressing, endpoint
+  path) comes from a URL that aiobotocore itself presigned for that bucket;
+- credentials come from aiobotocore's credential chain and are re-read before they expire;
+- the signing key is derived once per (date, region, service).
+
+`tests/test_signer.py` checks, with Hypothesis, that the output equals botocore's for the
+same inputs at the same second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+# botocore percent-encodes object keys keeping "/" and "~", query values keeping "-._~".
+_KEY_SAFE = "/~"
+_VALUE_SAFE = "-_.~"
+# Re-read credentials this often; refreshable ones also refresh themselves inside botocore
+# when they come within its advisory window (15 minutes) of expiry.
+CREDENTIALS_RECHECK_SECONDS = 60.0
+_PROBE_KEY = "k"
+ENCODING_MEMO_SIZE = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class BucketPrefix:
+    """Everything of a presigned URL before the encoded object key."""
+
+    url: str  # "http://127.0.0.1:8333/attachments/"
+    path: str  # "/attachments/"
+    host: str  # "127.0.0.1:8333", as signed (default ports dropped, like botocore)
+
+
+def bucket_prefix_from(url: str) -> BucketPrefix:
+    """Read the prefix off a URL botocore presigned for key `k`."""
+    parts = urlsplit(url)
+    if not parts.path.endswith("/" + _PROBE_KEY):
+        raise ValueError("unexpected presigned URL shape")
+    path = parts.path[: -len(_PROBE_KEY)]
+    host = parts.netloc
+    default_port = {"http": ":80", "https": ":443"}.get(parts.scheme)
+    if default_port and host.endswith(default_port):
+        host = host[: -len(default_port)]
+    return BucketPrefix(f"{parts.scheme}://{parts.netloc}{path}", path, host)
+
+
+class QuerySigner:
+    """Presigns S3 GET/HEAD URLs for one region; safe to share across a process's tasks."""
+
+    def __init__(self, client: Any, credentials: Any, region: str) -> None:
+        self._client = client  # aiobotocore: the reference, asked once per bucket
+        self._credentials = credentials  # aiobotocore's chain (refreshable or static)
+        self._region = region
+        self._prefixes: dict[str, BucketPrefix] = {}
+        self._frozen: Any = None
+        self._frozen_expiry: Any = None
+        self._recheck_at = 0.0
+        self._signing_date = ""
+        self._signing_secret = ""
+        self._signing_key = b""
+        self._scope_tail = f"/{region}/s3/aws4_request"
+        # Percent-encodings of keys and response values: the same few recur per attachment.
+        self._encoded: dict[tuple[str, str], str] = {}
+
+    async def prepare(self, bucket: str) -> BucketPrefix:
+        """The bucket's URL prefix, asked of aiobotocore the first time."""
+        prefix = self._prefixes.get(bucket)
+        if prefix is None:
+            url = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": _PROBE_KEY}, ExpiresIn=60
+            )
+            prefix = self._prefixes[bucket] = bucket_prefix_from(url)
+        return prefix
+
+    async def credentials(self) -> Any:
+        """Frozen credentials, re-read from the chain every minute (refreshing if due), and
+        at once after anyone else made the chain refresh (see credentials.UrlLifetime)."""
+        now = time.monotonic()
+        if (
+            self._frozen is None
+            or now >= self._recheck_at
+            or getattr(self._credentials, "_expiry_time", None) != self._frozen_expiry
+        ):
+            self._frozen = await self._credentials.get_frozen_credentials()
+            self._frozen_expiry = getattr(self._credentials, "_expiry_time", None)
+            self._recheck_at = now + CREDENTIALS_RECHECK_SECONDS
+        return self._frozen
+
+    async def presign(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        params: Iterable[tuple[str, str]],
+        expires: int,
+        now: datetime | None = None,
+    ) -> str:
+        prefix = await self.prepare(bucket)
+        credentials = await self.credentials()
+        return self.sign(method, prefix, key, params, expires, credentials, now)
+
+    def sign(
+        self,
+        method: str,
+        prefix: BucketPrefix,
+        key: str,
+        params: Iterable[tuple[str, str]],
+        expires: int,
+        credentials: Any,
+        now: datetime | None = None,
+    ) -> str:
+        timestamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        date = timestamp[:8]
+        if date != self._signing_date or credentials.secret_key != self._signing_secret:
+            self._signing_key = self._derive_key(credentials.secret_key, date)
+            self._signing_date = date
+            self._signing_secret = credentials.secret_key
+
+        query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params]
+        operation = "&".join(f"{name}={value}" for name, value in query)
+        scope = f"{credentials.access_key}/{date}{self._scope_tail}"
+        auth = [
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", quote(scope, safe=_VALUE_SAFE)),
+            ("X-Amz-Date", timestamp),
+            ("X-Amz-Expires", str(expires)),
+            ("X-Amz-SignedHeaders", "host"),
+        ]
+        if credentials.token is not None:
+            auth.append(("X-Amz-Security-Token", quote(credentials.token, safe=_VALUE_SAFE)))
+        authentication = "&".join(f"{name}={value}" for name, value in auth)
+
+        encoded_key = self._quote(key, _KEY_SAFE)
+        canonical_query = "&".join(f"{name}={value}" for name, value in sorted(query + auth))
+        canonical_request = (
+            f"{method}\n{prefix.path}{encoded_key}\n{canonical_query}\n"
+            f"host:{prefix.host}\n\nhost\n{UNSIGNED_PAYLOAD}"
+        )
+        string_to_sign = (
+            f"{ALGORITHM}\n{timestamp}\n{date}{self._scope_tail}\n"
+            + hashlib.sha256(canonical_request.encode()).hexdigest()
+        )
+        signature = hmac.digest(self._signing_key, string_to_sign.encode(), "sha256").hex()
+        query_string = f"{operation}&{authentication}" if operation else authentication
+        return f"{prefix.url}{encoded_key}?{query_string}&X-Amz-Signature={signature}"
+
+    def _quote(self, value: str, safe: str) -> str:
+        encoded = self._encoded.get((value, safe))
+        if encoded is None:
+            if len(self._encoded) >= ENCODING_MEMO_SIZE:
+                self._encoded.clear()  # bounded; refilled by the next requests
+            encoded = self._encoded[(value, safe)] = quote(value, safe=safe)
+        return encoded
+
+    def _derive_key(self, secret_key: str, date: str) -> bytes:
+        key = hmac.digest(f"AWS4{secret_key}".encode(), date.encode(), "sha256")
+        for part in (self._region, "s3", "aws4_request"):
+            key = hmac.digest(key, part.encode(), "sha256")
+        return key

@@ -1,0 +1,71 @@
+"""The application factory: middlewares, resources and routes in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..core.settings import Settings
+from . import attachments
+from .audit import audit_context
+from .auth import DOWNLOAD_ROUTE, PUBLIC_PATHS, auth_middleware
+from .caches import CACHES, create_caches, invalidation_context
+from .config import SETTINGS, Handler
+from .database import attachment_lookups_context, database_context
+from .downloads import download
+from .errors import error_middleware
+from .health import healthz, openapi_handler, readyz
+from .limits import RATE_LIMITS, RateLimits
+from .logs import flush_logs_context, install_log_safety
+from .metrics import METRICS, create_metrics, metrics_handler, metrics_site_context
+from .request_ids import REQUEST_IDS, RequestIds
+from .shutdown import SHUTDOWN_CLOCK, ShutdownClock, start_shutdown_clock
+from .storage import storage_context
+from .usage import key_usage_context
+
+
+def create_app(settings: Settings) -> web.Application:
+    install_log_safety()
+    # Order matters: the error middleware is outermost so that every failure,
+    # authentication's included, is rendered as a problem with the same headers.
+    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app[SETTINGS] = settings
+    app[CACHES] = create_caches(settings)
+    app[METRICS] = create_metrics(app)
+    app[REQUEST_IDS] = RequestIds()
+    app[RATE_LIMITS] = RateLimits(
+        (settings.rate_limit_per_key, settings.rate_limit_burst_per_key),
+        (settings.rate_limit_per_workspace, settings.rate_limit_burst_per_workspace),
+        (settings.failed_auth_per_address, settings.failed_auth_burst_per_address),
+    )
+    # One context per resource; each is closed only if it finished starting.
+    app[SHUTDOWN_CLOCK] = ShutdownClock()
+    app.on_shutdown.append(start_shutdown_clock)
+    app.cleanup_ctx.append(database_context)
+    app.cleanup_ctx.append(attachment_lookups_context)
+    app.cleanup_ctx.append(key_usage_context)
+    app.cleanup_ctx.append(audit_context)
+    app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
+    app.cleanup_ctx.append(flush_logs_context)
+
+    # add_get also answers HEAD, presigned separately for head_object.
+    app.router.add_get("/api/v1/attachments/{id}/download", download, name=DOWNLOAD_ROUTE)
+    app.router.add_get("/api/v1/attachments", attachments.list_attachments)
+    app.router.add_post("/api/v1/attachments", attachments.create)
+    app.router.add_get("/api/v1/attachments/{id}", attachments.show, name="attachment")
+    app.router.add_delete("/api/v1/attachments/{id}", attachments.delete)
+    app.router.add_post("/api/v1/attachments/{id}/complete", attachments.complete)
+    # Everything else needs an API key; these, and only these, are public.
+    public: dict[str, Handler] = {
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/api/v1/openapi.json": openapi_handler(),
+    }
+    if settings.metrics_port is None:
+        public["/metrics"] = metrics_handler
+    else:
+        app.cleanup_ctx.append(metrics_site_context)
+    for path, handler in public.items():
+        app.router.add_get(path, handler)
+    app[PUBLIC_PATHS] = frozenset(public)
+    return app

@@ -1,0 +1,215 @@
+"""The attachments resource beside downloads: metadata, a paginated list, uploads, deletion.
+
+Every statement names the caller's workspace (data/attachments.py), so another tenant's
+attachment is the same 404 as a missing one. None of this is on the download hot path:
+each call is one statement through the request pool (bounded waits, 503 when the
+database is away).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..core.errors import InvalidRequest, NotFound
+from ..core.ids import canonical_uuid
+from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
+from ..core.times import epoch_us, from_epoch_us, rfc3339
+from ..data import attachments
+from .auth import PRINCIPAL
+from .caches import CACHES
+from .config import SETTINGS
+from .database import DATABASE
+from .problems import Problem
+from .storage import STORAGE
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+MAX_FILENAME_CHARS = 1024  # the column's CHECK
+
+# A page cursor: "<created_at in epoch microseconds>.<id in 32 hex digits>" of the last
+# row shown. Documented as opaque (its form may change); it tells the caller nothing the
+# page did not.
+CURSOR = re.compile(r"([0-9]{1,17})\.([0-9a-f]{32})")
+# Control characters (C0, DEL, C1) have no place in a file's name.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+NEW_ATTACHMENT_FIELDS = frozenset({"filename", "content_type", "size_bytes"})
+
+
+def attachment_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "filename": row["filename"],
+        "content_type": row["content_type"],
+        "size_bytes": row["size_bytes"],
+        "status": "upload_pending" if row["upload_pending"] else "available",
+        "created_at": rfc3339(row["created_at"]),
+    }
+
+
+def requested_id(request: web.Request) -> uuid.UUID:
+    """The path's attachment id; one that is not a canonical UUID is simply not found."""
+    attachment_id = canonical_uuid(request.match_info["id"])
+    if attachment_id is None:
+        raise NotFound
+    return attachment_id
+
+
+def forget(request: web.Request, attachment_id: uuid.UUID) -> None:
+    """This process drops the attachment at once; the others hear of it by NOTIFY."""
+    request.app[CACHES].forget_attachment(str(attachment_id))
+
+
+async def show(request: web.Request) -> web.Response:
+    """GET /api/v1/attachments/{id}: the attachment's metadata."""
+    row = await attachments.show(
+        request.app[DATABASE], requested_id(request), request[PRINCIPAL].workspace_id
+    )
+    return web.json_response(attachment_json(row))
+
+
+def encode_cursor(row: Any) -> str:
+    return f"{epoch_us(row['created_at'])}.{row['id'].hex}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a page ends at. Every string of the cursor's form is a valid
+    place to start from (the workspace is never in it), anything else is a 400."""
+    found = CURSOR.fullmatch(cursor)
+    if found is None:
+        raise InvalidRequest("cursor")
+    return from_epoch_us(int(found[1])), uuid.UUID(found[2])
+
+
+def page_size(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    # The document's pattern exactly: no sign, no leading zero, 1 to 100.
+    if raw.isascii() and raw.isdigit() and raw[0] != "0" and int(raw[:4]) <= MAX_PAGE_SIZE:
+        return int(raw)
+    raise InvalidRequest("limit")
+
+
+async def list_attachments(request: web.Request) -> web.Response:
+    """GET /api/v1/attachments?limit=&cursor=: the workspace's attachments, newest first,
+    a keyset page at a time (stable while rows are added or deleted meanwhile)."""
+    limit = page_size(request.query.get("limit"))
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor) if cursor is not None else None
+    # One row more than the page: whether there is a next page, without counting.
+    rows = await attachments.page(
+        request.app[DATABASE], request[PRINCIPAL].workspace_id, limit + 1, after
+    )
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    headers = {}
+    if next_cursor is not None:
+        next_url = request.url.with_query(limit=str(limit), cursor=next_cursor)
+        headers["Link"] = f'<{next_url.path_qs}>; rel="next"'
+    body = {"items": [attachment_json(row) for row in page], "next_cursor": next_cursor}
+    return web.json_response(body, headers=headers)
+
+
+async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str, int]:
+    """(filename, content_type, size_bytes) from the body, each checked as the columns
+    would (a CHECK violation must never be the first to notice)."""
+    try:
+        data = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("body") from None
+    if not isinstance(data, dict) or not NEW_ATTACHMENT_FIELDS.issuperset(data):
+        raise InvalidRequest("body")
+    filename = data.get("filename")
+    if (
+        not isinstance(filename, str)
+        or not 1 <= len(filename) <= MAX_FILENAME_CHARS
+        or CONTROL_CHARACTER.search(filename)
+        or not is_utf8(filename)
+    ):
+        raise InvalidRequest("filename")
+    content_type = data.get("content_type", DEFAULT_CONTENT_TYPE)
+    if not isinstance(content_type, str) or not is_media_type(content_type):
+        raise InvalidRequest("content_type")
+    size = data.get("size_bytes")
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)  # 669.0 is an integer to JSON Schema, so to us too
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
+        raise InvalidRequest("size_bytes")
+    return filename, content_type, size
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (JSON allows "\\ud800"; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def create(request: web.Request) -> web.Response:
+    """POST /api/v1/attachments: a new attachment, pending, and a presigned PUT for it."""
+    settings = request.app[SETTINGS]
+    filename, content_type, size = await new_attachment(request, settings.upload_max_bytes)
+    workspace_id = request[PRINCIPAL].workspace_id
+    attachment_id = uuid.uuid4()
+    bucket = settings.s3_default_bucket
+    object_key = f"{workspace_id}/{attachment_id}"
+    # Signed first: no row is left behind for an upload that could not be offered.
+    upload = await request.app[STORAGE].presign_upload(bucket, object_key, content_type, size)
+    row = await attachments.create(
+        request.app[DATABASE],
+        attachment_id,
+        workspace_id,
+        bucket,
+        object_key,
+        filename,
+        content_type,
+        size,
+    )
+    body = attachment_json(row) | {
+        "upload": {
+            "method": "PUT",
+            "url": upload.url,
+            # Signed into the URL: S3 refuses the upload without exactly these.
+            "headers": {"Content-Type": content_type, "Content-Length": str(size)},
+            "expires_at": upload.expires_text,
+        }
+    }
+    location = request.app.router["attachment"].url_for(id=str(attachment_id))
+    return web.json_response(body, status=201, headers={"Location": str(location)})
+
+
+async def complete(request: web.Request) -> web.Response:
+    """POST /api/v1/attachments/{id}/complete: confirm the upload (HEAD the object, record
+    its size). Confirming twice answers the same; a missing or wrong-sized object is 409."""
+    attachment_id = requested_id(request)
+    workspace_id = request[PRINCIPAL].workspace_id
+    db = request.app[DATABASE]
+    row = await attachments.upload_of(db, attachment_id, workspace_id)
+    if row["upload_pending"]:
+        size = await request.app[STORAGE].stored_size(row["bucket"], row["object_key"])
+        if size is None:
+            raise Problem("upload_incomplete", reason="upload_missing")
+        if size != row["size_bytes"]:
+            raise Problem("upload_incomplete", reason="upload_size")
+        row = await attachments.confirm(db, attachment_id, workspace_id, size)
+        forget(request, attachment_id)
+    return web.json_response(attachment_json(row))
+
+
+async def delete(request: web.Request) -> web.Response:
+    """DELETE /api/v1/attachments/{id}: soft delete; `attachments-gateway purge` removes
+    the object later. URLs already handed out work until they expire."""
+    attachment_id = requested_id(request)
+    await attachments.soft_delete(
+        request.app[DATABASE], attachment_id, request[PRINCIPAL].workspace_id
+    )
+    forget(request, attachment_id)
+    return web.Response(status=204)

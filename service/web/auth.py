@@ -1,0 +1,213 @@
+"""Bearer authentication and authorization: who is calling, and may they call at all.
+
+The middleware decides, in the contract's order: 401 (no or bad credentials),
+403 `forbidden` (workspace without API access), 429 (the key's or workspace's limit),
+403 `insufficient_scope` (read key, unsafe method). Each of those is one named step;
+what a caller may see is then decided per route, by tenant. Downloads are recorded in
+the audit trail from the moment the caller is known, refused or not.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from aiohttp import web
+
+from ..core.attachment import AttachmentTarget
+from ..core.errors import GatewayError
+from ..core.ids import canonical_uuid
+from ..core.principal import Principal
+from ..core.tokens import PREFIX, parse_token, token_digest
+from ..data.api_keys import find_key, find_key_and_attachment
+from ..data.caches import MISSING, Miss
+from .audit import ISSUED_UNTIL, record_download
+from .caches import CACHES
+from .config import Handler
+from .database import DATABASE
+from .forwarded import find_client_address
+from .limits import RATE_LIMITS
+from .problems import (
+    CHALLENGE_INSUFFICIENT_SCOPE,
+    CHALLENGE_INVALID_REQUEST,
+    CHALLENGE_INVALID_TOKEN,
+    REALM,
+    Problem,
+    problem_for_error,
+    unauthorized,
+)
+from .usage import KEY_USAGE
+
+DOWNLOAD_ROUTE = "download"
+
+# Paths answered without an API key; every other path needs one (deny by default).
+PUBLIC_PATHS = web.AppKey("public_paths", frozenset[str])
+PRINCIPAL = web.RequestKey("principal", Principal)
+# The download's attachment, when authentication already fetched it in the same query.
+PREFETCHED: web.RequestKey[AttachmentTarget | None] = web.RequestKey("prefetched")
+
+# Refusals that mean "this token is wrong": what a guesser collects.
+GUESSES = frozenset({"malformed_token", "unknown_token"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in request.app[PUBLIC_PATHS]:
+        return await handler(request)
+    principal = request[PRINCIPAL] = await identify(request)
+    # From here on the caller is known: downloads are audited, refused or not.
+    audited = is_download(request)
+    try:
+        entitle(principal)
+        limit(request, principal)
+        request.app[KEY_USAGE].touch(principal.key_id)
+        scope(request, principal)
+        response = await handler(request)
+    except Problem as refusal:
+        if audited:
+            record_download(request, principal, refusal.code, refusal.type.status)
+        raise
+    except GatewayError as error:
+        if not audited:
+            raise
+        failure = problem_for_error(error)
+        record_download(request, principal, failure.code, failure.type.status)
+        raise failure from error
+    if audited:
+        record_download(request, principal, "issued", response.status, request.get(ISSUED_UNTIL))
+    return response
+
+
+async def identify(request: web.Request) -> Principal:
+    """The caller's live key. An address that keeps sending wrong tokens is refused before
+    its token is even read: otherwise a guesser would learn which guess was right."""
+    address = find_client_address(request)
+    limits = request.app[RATE_LIMITS]
+    if limits.failed_auth.active:  # someone has failed lately: look at who is asking
+        limits.check_address(address)
+    try:
+        return await authenticate(request)
+    except Problem as problem:
+        if problem.reason in GUESSES:
+            limits.failed(address)
+        raise
+
+
+def entitle(principal: Principal) -> None:
+    """The key's workspace has API access."""
+    if not principal.api_access:
+        raise Problem("forbidden", reason="no_api_access")
+
+
+def limit(request: web.Request, principal: Principal) -> None:
+    """One request of the key's and of its workspace's rate limits."""
+    request.app[RATE_LIMITS].admit(principal.key_id, principal.workspace_id)
+
+
+def scope(request: web.Request, principal: Principal) -> None:
+    """A read key may only read."""
+    if not principal.may(request.method):
+        raise Problem("insufficient_scope", {"WWW-Authenticate": CHALLENGE_INSUFFICIENT_SCOPE})
+
+
+async def authenticate(request: web.Request) -> Principal:
+    refuse_token_in_query(request)
+    token = bearer_token(request)
+    # Only well-formed tokens are ever cached, so a hit on the digest of the raw token
+    # spares the checksum; a miss checks the format before any query.
+    caches = request.app[CACHES]
+    cached: Principal | Miss | None = (
+        caches.keys.get(token_digest(token)) if caches.live else MISSING
+    )
+    principal: Principal | None
+    if cached is not MISSING:
+        principal = cached
+    else:
+        digest = parse_token(token)
+        if digest is None:
+            # Malformed: refused offline, with the same answer as an unknown key.
+            raise unauthorized(CHALLENGE_INVALID_TOKEN, "malformed_token")
+        principal = await lookup_principal(request, digest)
+    if principal is None or principal.expired(time.time()):
+        raise unauthorized(CHALLENGE_INVALID_TOKEN, "unknown_token")
+    return principal
+
+
+async def lookup_principal(request: web.Request, digest: bytes) -> Principal | None:
+    """The key from the database (with the download's attachment in the same query when
+    there is one, handed to the handler through PREFETCHED), remembered in the cache."""
+    caches = request.app[CACHES]
+    generation = caches.generation
+    attachment_id = download_id(request)
+    if attachment_id is None:
+        row = await find_key(request.app[DATABASE], digest)
+    else:
+        row = await find_key_and_attachment(request.app[DATABASE], digest, attachment_id)
+    principal = Principal.from_row(row) if row is not None else None
+    if row is not None and attachment_id is not None:
+        target = AttachmentTarget.from_row(row) if row["attachment_id"] else None
+        request[PREFETCHED] = target
+        if caches.may_store(generation):
+            caches.remember_attachment(str(attachment_id), row["workspace_id"], target)
+    if caches.may_store(generation):
+        caches.keys.put(digest, principal)  # None too: unknown tokens cost no query
+    return principal
+
+
+# Query parameters that carry credentials by convention (RFC 6750 §2.3 names the first).
+CREDENTIAL_PARAMETERS = ("access_token", "api_key")
+
+
+def refuse_token_in_query(request: web.Request) -> None:
+    """Credentials in a URL end up in logs, proxies and browser history (RFC 6750 §5.3):
+    such a request is refused outright, even alongside a valid header."""
+    if not request.query_string:
+        return
+    query = request.query
+    if any(name in query for name in CREDENTIAL_PARAMETERS) or any(
+        value.startswith(PREFIX) for value in query.values()
+    ):
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "token_in_query")
+
+
+def bearer_token(request: web.Request) -> str:
+    """The single token of a well-formed `Authorization: Bearer <token>` header.
+
+    A missing header or another scheme gets the bare challenge (RFC 6750 §3.1: no
+    error code when no credentials were offered); a header we cannot read as one
+    bearer credential gets `invalid_request`.
+    """
+    values = request.headers.getall("Authorization", [])
+    if not values:
+        raise unauthorized(REALM, "missing_credentials")
+    if len(values) > 1:
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "malformed_header")
+    scheme, _, credentials = values[0].strip(" \t").partition(" ")
+    if not scheme:
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "malformed_header")
+    if scheme.lower() != "bearer":
+        raise unauthorized(REALM, "other_scheme")
+    token = credentials.strip(" ")
+    if not token or " " in token or "\t" in token:
+        raise unauthorized(CHALLENGE_INVALID_REQUEST, "malformed_header")
+    return token
+
+
+# The download route's path, also when the method is not one of its own (then aiohttp's
+# match has no route name; a DELETE with a read key is still a refusal worth recording).
+DOWNLOAD_PATH = re.compile(r"/api/v1/attachments/[^/]+/download")
+
+
+def is_download(request: web.Request) -> bool:
+    return (
+        request.match_info.route.name == DOWNLOAD_ROUTE
+        or DOWNLOAD_PATH.fullmatch(request.path) is not None
+    )
+
+
+def download_id(request: web.Request) -> uuid.UUID | None:
+    """The attachment id of a download request, if it is a canonical UUID."""
+    if request.match_info.route.name != DOWNLOAD_ROUTE:
+        return None
+    return canonical_uuid(request.match_info["id"])

@@ -1,0 +1,132 @@
+"""The download route: 307 to a presigned URL for the caller's attachment, or the URL as JSON."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+
+from ..core.attachment import AttachmentTarget, PresignedUrl
+from ..core.ids import canonical_uuid
+from ..core.options import PLAIN, DownloadOptions, parse_download_options
+from ..data.caches import MISSING, Missing
+from .audit import ISSUED_UNTIL
+from .auth import PREFETCHED, PRINCIPAL
+from .caches import CACHES
+from .config import SETTINGS
+from .database import ATTACHMENT_LOOKUPS
+from .metrics import METRICS
+from .problems import Problem
+from .storage import STORAGE
+
+# When a client downloading an attachment whose upload is not yet confirmed should retry.
+UPLOAD_PENDING_RETRY_SECONDS = 5
+
+
+async def attachment_target(
+    request: web.Request, raw_id: str, workspace_id: uuid.UUID
+) -> tuple[str, AttachmentTarget | None]:
+    """The caller's attachment (and its canonical id): fetched with the key, cached, or
+    looked up now. An id that is not a UUID is the same 404 as a missing one, no query."""
+    prefetched = request.get(PREFETCHED, MISSING)
+    if prefetched is not MISSING:
+        return raw_id.lower(), prefetched
+    caches = request.app[CACHES]
+    if caches.live:
+        cached = caches.attachment(raw_id, workspace_id)
+        if not isinstance(cached, Missing):  # (mypy narrows a NamedTuple union no other way)
+            return raw_id, cached
+    attachment_id = canonical_uuid(raw_id)
+    if attachment_id is None:
+        raise Problem("not_found")
+    canonical = str(attachment_id)
+    generation = caches.generation
+    target = await request.app[ATTACHMENT_LOOKUPS].find(attachment_id, workspace_id)
+    if caches.may_store(generation):
+        caches.remember_attachment(canonical, workspace_id, target)
+    return canonical, target
+
+
+async def presigned_url(
+    request: web.Request,
+    attachment_id: str,
+    target: AttachmentTarget,
+    options: DownloadOptions = PLAIN,
+) -> PresignedUrl:
+    """A URL signed for this method and these options: a fresh one, or one signed within
+    the reuse window (its true expiry travels with it)."""
+    storage = request.app[STORAGE]
+    if not storage.reachable:  # a URL, new or reused, would lead nowhere
+        raise Problem("service_unavailable")
+    caches = request.app[CACHES]
+    counts = request.app[METRICS].counts
+    variant = () if options is PLAIN else (*options.cache_variant, tuple(target))
+    if caches.live:
+        reused = caches.url(attachment_id, request.method, variant)
+        if reused is not MISSING:
+            counts.count_presign(request.method, "reused")
+            return reused
+    generation = caches.generation
+    presigned = await storage.presign(request.method, target, options)
+    if presigned.shortened:  # never reused: it would fall short of the promised lifetime
+        counts.count_presign(request.method, "shortened")
+        return presigned
+    counts.count_presign(request.method, "signed")
+    # A URL asked to live no longer than the reuse window would expire in the cache.
+    reusable = options.expires_in is None or options.expires_in > caches.urls.ttl
+    if reusable and caches.may_store(generation):
+        caches.remember_url(attachment_id, request.method, presigned, variant)
+    return presigned
+
+
+async def download(request: web.Request) -> web.Response:
+    """307 to a presigned URL for the caller's attachment, signed for this method; or,
+    asked for, 200 with the URL in JSON (see core/options.py)."""
+    options = parse_download_options(
+        request.query if request.query_string else None,
+        request.headers.get("Accept"),
+        request.app[SETTINGS].presign_max_expires_seconds,
+    )
+    raw_id = request.match_info["id"]
+    attachment_id, target = await attachment_target(
+        request, raw_id, request[PRINCIPAL].workspace_id
+    )
+    if target is None:
+        raise Problem("not_found")
+    if target.pending:
+        raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
+    presigned = await presigned_url(request, attachment_id, target, options)
+    request[ISSUED_UNTIL] = presigned.expires_at_us
+    if options.as_json:
+        return link_response(request.method, target, presigned)
+    # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through
+    # yarl and break the signature (aio-libs/aiohttp#4307). The body, {"expires_at"},
+    # leaves the URL out so that its signature only ever travels in the one header.
+    return web.Response(
+        status=307,
+        headers={
+            "Location": presigned.url,
+            "Content-Type": "application/json",
+            # For clients that follow redirects and never see the body.
+            "X-Expires-At": presigned.expires_text,
+        },
+        body=presigned.body,
+    )
+
+
+def link_response(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> web.Response:
+    """The URL as data: asked for explicitly, so it may be in this body (never in logs)."""
+    link = {
+        "url": presigned.url,
+        "method": method,
+        "expires_at": presigned.expires_text,
+        "filename": target.filename,
+        "content_type": target.content_type,
+        "size_bytes": target.size_bytes,
+    }
+    return web.Response(
+        body=json.dumps(link).encode(),
+        content_type="application/json",
+        headers={"X-Expires-At": presigned.expires_text},
+    )

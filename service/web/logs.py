@@ -1,0 +1,140 @@
+"""JSON log lines on stdout, written in batches, with secrets kept out of every logger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+_CONTEXT_FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "workspace_id",
+    "key_prefix",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _time(self, created: float) -> str:
+        """ISO 8601 UTC with milliseconds; the part up to the second is made once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self._time(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in _CONTEXT_FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                line[field] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """One line per record on stdout, flushed in batches rather than one write(2) each.
+
+    A flush per line costs a system call per request; lines of WARNING and above are
+    flushed at once, the rest by `flush_logs_context` a few times a second and at exit.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+
+FLUSH_INTERVAL = 0.25
+
+
+async def flush_logs_context(app: web.Application) -> AsyncIterator[None]:
+    """Flush buffered log lines periodically while the app runs, and when it stops."""
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+
+    task = asyncio.create_task(flush_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    # What a LogRecord would otherwise gather on every call and our lines never show:
+    # the caller's file and line (a stack walk), thread and process (the logging HOWTO's
+    # "Optimization" section lists these switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = LineHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    install_log_safety()
+
+
+class ParserErrorRedaction(logging.Filter):
+    """Strip the request bytes from aiohttp's parser errors before they are logged.
+
+    When llhttp refuses a request (a NUL in a header, say) aiohttp logs the offending
+    line at ERROR with a traceback: that line may be an Authorization header.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused an unparseable HTTP request (%s)"
+            record.args = (type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_PARSER_ERROR_REDACTION = ParserErrorRedaction()
+
+
+def install_log_safety() -> None:
+    """Keep secrets out of every log, whatever LOG_LEVEL says (idempotent).
+
+    botocore logs canonical requests, Authorization headers and signatures at DEBUG,
+    so its loggers never go below INFO; aiohttp's parser errors lose their bytes.
+    """
+    for name in ("botocore", "aiobotocore", "boto3", "urllib3"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
+    logging.getLogger("aiohttp.server").addFilter(_PARSER_ERROR_REDACTION)
