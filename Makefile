@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: dev test test-fast lint bench migrate serve clean
+.PHONY: dev cluster test test-fast lint bench migrate serve clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(INSTALLED): pyproject.toml
 
 dev: $(INSTALLED)
 	$(BIN)/attachments-gateway dev
+
+# The scaled-out topology on this machine (needs Debian's pgbouncer, redis-server, haproxy).
+cluster: $(INSTALLED)
+	$(BIN)/attachments-gateway cluster
 
 test: $(INSTALLED)
 	$(BIN)/pytest

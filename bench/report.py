@@ -20,7 +20,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Run {results['date']} on {results['machine']}; {results['seconds_per_run']} s per run. "
         "`gateway` runs without access logs like the other two and without the audit trail; "
         "`gateway+audit` records every download in the audit trail; `gateway+log` also writes "
-        "one JSON access line per request, as shipped.",
+        "one JSON access line per request, as shipped; `gateway+redis` is `gateway` with its "
+        "rate limits shared through a local Redis (warm workload only).",
         "",
         "| workload | conns | server | req/s | p50 ms | p99 ms | errors | RSS MB | bad Locations "
         "| server CPU µs/req | Postgres CPU µs/req |",
@@ -43,6 +44,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {workload} | {connections} | {gateway / ceiling if ceiling else 0:.2f} | "
                 f"{gateway / naive if naive else 0:.1f} |"
             )
+    lines += [
+        "",
+        "| conns | gateway+redis / gateway req/s | server CPU µs/req added |",
+        "|---|---|---|",
+    ]
+    for connections in (64, 1024):
+        local = _run(results, "gateway", "warm", connections)
+        shared = _run(results, "gateway+redis", "warm", connections)
+        ratio = shared.get("rps", 0) / local["rps"] if local.get("rps") else 0
+        added = (
+            shared["cpu_us"] - local["cpu_us"] if "cpu_us" in shared and "cpu_us" in local else None
+        )
+        lines.append(
+            f"| {connections} | {ratio:.3f} | {f'{added:+.1f}' if added is not None else '–'} |"
+        )
     lines += [
         "",
         "| workload | conns | gateway+audit / gateway req/s | server CPU µs/req added "

@@ -69,7 +69,10 @@ WORKLOADS = (Workload("warm", 10_000, 100), Workload("cold", 1_000_000, 100))
 # "gateway" runs, like the other two, without access logs (LOG_LEVEL=WARNING) and without
 # the audit trail; "gateway+audit" adds the audit trail (one row per download, COPYed);
 # "gateway+log" is the gateway as shipped: audit trail and one JSON access line a request.
-SERVERS = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log")
+# "gateway+redis" is "gateway" with its rate limits shared through a local redis-server
+# (RATE_LIMIT_BACKEND=redis, limits on but far above the load), on the warm workload only.
+SERVERS = ("ceiling", "naive", "gateway", "gateway+audit", "gateway+log", "gateway+redis")
+SHARED_LIMITS = ("gateway+redis",)
 AUDITED = ("gateway+audit", "gateway+log")
 WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
 # The audit trail's cost is measured again from several launches of both builds, in turn:
@@ -170,12 +173,42 @@ def lua_data(path: Path, workload: Workload, tokens: list[str]) -> None:
     )
 
 
-def launch(name: str, database_url: str) -> tuple[int, subprocess.Popen[bytes]]:
+def launch(
+    name: str, database_url: str, redis_url: str | None = None
+) -> tuple[int, subprocess.Popen[bytes]]:
     """One of SERVERS on a free port, configured as its name says."""
     port = free_port()
     level = "INFO" if name == "gateway+log" else "WARNING"
     env = server_env(database_url, level, audit=name in AUDITED)
+    if name in SHARED_LIMITS:
+        assert redis_url is not None
+        env |= {
+            "RATE_LIMIT_BACKEND": "redis",
+            "REDIS_URL": redis_url,
+            # Limits on, so that each request asks Redis for its key's and workspace's
+            # buckets, but never reached: what is measured is the round trip.
+            "RATE_LIMIT_PER_KEY": "1000000",
+            "RATE_LIMIT_BURST_PER_KEY": "1000000",
+            "RATE_LIMIT_PER_WORKSPACE": "1000000",
+            "RATE_LIMIT_BURST_PER_WORKSPACE": "1000000",
+        }
     return port, start_server(name, port, env)
+
+
+def start_redis(workdir: Path) -> tuple[str, Callable[[], None]]:
+    """A redis-server of the bench's own on a free port, on wrk's core like Postgres."""
+    port = free_port()
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(workdir)]
+    process = subprocess.Popen(
+        pinned(1, command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(10)
+
+    return f"redis://127.0.0.1:{port}/0", stop
 
 
 def start_server(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -524,6 +557,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {results['presign']}", flush=True)
 
     database_url, stop_database = await database(args, workdir)
+    redis_url: str | None = None
+    stop_redis: Callable[[], None] = lambda: None  # noqa: E731 - nothing to stop
+    if set(SHARED_LIMITS) & set(args.servers):
+        redis_url, stop_redis = start_redis(workdir)
     try:
         await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
         for workload in (w for w in WORKLOADS if w.name in args.workloads):
@@ -532,7 +569,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             data = workdir / f"{workload.name}.lua"
             lua_data(data, workload, tokens)
             for name in args.servers:
-                port, process = launch(name, database_url)
+                if name in SHARED_LIMITS and workload.name != "warm":
+                    continue
+                port, process = launch(name, database_url, redis_url)
                 try:
                     await wait_listening(port, process)
                     # Warm-up: pools, caches, code paths.
@@ -573,6 +612,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     wrk, database_url, data, args.connections, args.audit_launches, args.seconds
                 )
     finally:
+        stop_redis()
         stop_database()
     return results
 

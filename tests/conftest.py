@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import subprocess
@@ -13,18 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-# Nothing in the tests may reach the cloud instance-metadata address, nor read a
-# developer's AWS files; credentials come from the environment, like the chain says.
-os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-os.environ["AWS_CONFIG_FILE"] = os.devnull
-os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
-for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"):
-    os.environ.pop(_name, None)
+# Before anything below imports botocore: credentials from the environment only, never the
+# cloud metadata address nor a developer's AWS files (what every child inherits too).
+from tests.support.environment import isolate_this_process
 
-import logging  # noqa: E402
-import re  # noqa: E402
+isolate_this_process()
 
+import aiohttp.web_app  # noqa: E402
 import asyncpg  # noqa: E402
+import botocore.loaders  # noqa: E402
+import botocore.session  # noqa: E402
 import pytest  # noqa: E402
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
@@ -35,39 +34,30 @@ from service.data.migrations import apply_migrations  # noqa: E402
 from service.devstack.seaweed import S3Server, run_seaweedfs  # noqa: E402
 from service.web.access_log import AccessLogger  # noqa: E402
 from service.web.app import create_app  # noqa: E402
-from service.web.logs import JsonFormatter, install_log_safety  # noqa: E402
-from tests.servers import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY  # noqa: E402
+from service.web.logs import install_log_safety  # noqa: E402
+from tests.support import environment  # noqa: E402
+from tests.support.storage import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY  # noqa: E402
 
-# Every log record of the whole suite, at every level, rendered as the service renders
-# them; tests/test_zz_log_secrets.py (collected last) fails if any holds a secret.
-SECRETS_IN_LOGS = re.compile(
-    r"ixk_[0-9A-Za-z]{20,}|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token"
-    r"|Bearer\s+\S|Authorization"
-)
-
-
-class SuiteLogCapture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
-SUITE_LOGS = SuiteLogCapture()
+# Every log line of the suite, at every level, checked for secrets as it is logged.
+pytest_plugins = ["tests.support.secrets_in_logs"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    root = logging.getLogger()
-    root.addHandler(SUITE_LOGS)
-    root.setLevel(logging.DEBUG)
     install_log_safety()  # what create_app and configure_logging do in the service
+    # Every botocore session reads the AWS models through one loader, as the clients of
+    # one session always do, rather than parsing the S3 models again for each app a test
+    # builds (a quarter of a second each; production builds one app per process).
+    botocore.session.create_loader = functools.cache(botocore.loaders.create_loader)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_zz_log_secrets.py"))
+@pytest.fixture(autouse=True)
+def release_apps() -> Iterator[None]:
+    """aiohttp memoises each app's middleware chain in a module-level cache of 1024
+    entries that holds the app itself: every app a test built would stay alive, with its
+    botocore session (a full copy of the S3 models), pools and loop (about 4 GB by the end
+    of the suite). One app per process, as in production, never notices."""
+    yield
+    aiohttp.web_app._cached_build_middleware.cache_clear()
 
 
 @pytest.fixture
@@ -203,10 +193,17 @@ def make_tenant(conn: asyncpg.Connection) -> object:
     return make
 
 
+@pytest.fixture(scope="session")
+def seaweed_client(seaweed: S3Server) -> object:
+    """One blocking client for the suite's own set-up and checks: each new one parses the
+    S3 models again (a quarter of a second). Clients are thread-safe."""
+    return seaweed.client()
+
+
 @pytest.fixture
-def make_attachment(conn: asyncpg.Connection, seaweed: S3Server) -> object:
+def make_attachment(conn: asyncpg.Connection, seaweed_client: object) -> object:
     """Upload bytes to SeaweedFS and register them as an attachment of a workspace."""
-    s3 = seaweed.client()
+    s3 = seaweed_client
 
     async def make(
         workspace_id: uuid.UUID,
@@ -235,49 +232,18 @@ def migrations_dir() -> Path:
     return DEFAULT_MIGRATIONS_DIR
 
 
-# For gateways under our own load (faults, fuzzing): that traffic is not abuse, and the
-# abuse limits have their own tests (tests/test_rate_limits.py).
-NO_ABUSE_LIMITS = {
-    "RATE_LIMIT_PER_KEY": "0",
-    "RATE_LIMIT_PER_WORKSPACE": "0",
-    "FAILED_AUTH_PER_ADDRESS": "0",
-}
-
-
 @pytest.fixture
 def gateway_env(database_url, seaweed):
-    return {
-        "PATH": os.environ["PATH"],
-        "DATABASE_URL": database_url,
-        "S3_ENDPOINT_URL": seaweed.endpoint_url,
-        "S3_REGION": seaweed.region,
-        "AWS_ACCESS_KEY_ID": seaweed.access_key,
-        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
+    return environment.gateway_env(database_url, seaweed)
 
 
 # The operator CLI as operators run it: its own process, real Postgres, real S3.
 @pytest.fixture
 def cli(database_url, seaweed):
     def run(*args, s3=seaweed, expect=0, env=None):
-        environment = {
-            "PATH": os.environ["PATH"],
-            "DATABASE_URL": database_url,
-            "S3_ENDPOINT_URL": s3.endpoint_url,
-            "S3_REGION": s3.region,
-            "AWS_ACCESS_KEY_ID": s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            **(env or {}),
-        }
         result = subprocess.run(
             [sys.executable, "-m", "service", *args],
-            env=environment,
+            env=environment.gateway_env(database_url, s3, **(env or {})),
             capture_output=True,
             text=True,
             timeout=120,

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from service.data.admin import delete_attachment, set_api_access
-from tests.http import assert_problem
+from tests.support.http import assert_problem
 
 SAME_ID = {"X-Request-ID": "fixed-request-id"}
 

@@ -13,9 +13,8 @@ import pytest
 from yarl import URL
 
 from service.data.admin import register_attachment
-from tests.http import assert_problem
-from tests.servers import BUCKET
-from tests.test_presign import fetch
+from tests.support.http import assert_problem, fetch
+from tests.support.storage import BUCKET
 
 ATTACHMENT_FIELDS = ["id", "filename", "content_type", "size_bytes", "status", "created_at"]
 RFC3339_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -159,9 +158,12 @@ async def test_a_page_does_not_shift_when_rows_come_and_go(
     await make_attachment(tenant.workspace_id)
     await conn.execute("UPDATE attachments SET deleted_at = now() WHERE id = $1", ids[3])
     _, raw = await call(
-        client, "GET", "/api/v1/attachments", tenant.auth(),
+        client,
+        "GET",
+        "/api/v1/attachments",
+        tenant.auth(),
         params={"limit": "2", "cursor": first["next_cursor"]},
-    )  # fmt: skip
+    )
     assert [item["id"] for item in json.loads(raw)["items"]] == [str(ids[1]), str(ids[0])]
 
 
@@ -175,13 +177,23 @@ async def test_the_default_page_size_is_50(client, make_tenant):
 @pytest.mark.parametrize(
     "query",
     [
-        {"limit": "0"}, {"limit": "101"}, {"limit": "010"}, {"limit": "1000"},
-        {"limit": "-1"}, {"limit": "ten"}, {"limit": "١٢"},
-        {"limit": ""}, {"cursor": "not-a-cursor"}, {"cursor": "123"}, {"cursor": ""},
-        {"cursor": "1" * 18 + "." + "a" * 32}, {"cursor": "12." + "A" * 32},
-        {"cursor": "12." + "a" * 32 + "\n"}, {"cursor": "-1." + "a" * 32},
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "010"},
+        {"limit": "1000"},
+        {"limit": "-1"},
+        {"limit": "ten"},
+        {"limit": "١٢"},
+        {"limit": ""},
+        {"cursor": "not-a-cursor"},
+        {"cursor": "123"},
+        {"cursor": ""},
+        {"cursor": "1" * 18 + "." + "a" * 32},
+        {"cursor": "12." + "A" * 32},
+        {"cursor": "12." + "a" * 32 + "\n"},
+        {"cursor": "-1." + "a" * 32},
     ],
-)  # fmt: skip
+)
 async def test_bad_page_parameters_are_400(client, make_tenant, query):
     tenant = await make_tenant()
     response, raw = await call(client, "GET", "/api/v1/attachments", tenant.auth(), params=query)
@@ -310,9 +322,12 @@ async def test_an_empty_file_can_be_uploaded(client, make_tenant):
 async def test_the_content_type_defaults_to_octet_stream(client, make_tenant):
     tenant = await make_tenant()
     response, raw = await call(
-        client, "POST", "/api/v1/attachments", tenant.auth("write"),
+        client,
+        "POST",
+        "/api/v1/attachments",
+        tenant.auth("write"),
         json={"filename": "blob", "size_bytes": 3},
-    )  # fmt: skip
+    )
     assert response.status == 201
     assert json.loads(raw)["content_type"] == "application/octet-stream"
 
@@ -320,7 +335,11 @@ async def test_the_content_type_defaults_to_octet_stream(client, make_tenant):
 @pytest.mark.parametrize(
     "body",
     [
-        b"", b"not json", b"[]", b"null", b'"x"',
+        b"",
+        b"not json",
+        b"[]",
+        b"null",
+        b'"x"',
         b'{"filename": "a.txt"}',
         b'{"size_bytes": 3}',
         b'{"filename": "", "size_bytes": 3}',
@@ -343,13 +362,16 @@ async def test_the_content_type_defaults_to_octet_stream(client, make_tenant):
         b'{"filename": "a.txt", "size_bytes": 3, "bucket": "elsewhere"}',
         b'{"filename": "a.txt", "size_bytes": 3, "object_key": "../x"}',
     ],
-)  # fmt: skip
+)
 async def test_a_bad_new_attachment_is_400_and_creates_nothing(client, conn, make_tenant, body):
     tenant = await make_tenant()
     response, raw = await call(
-        client, "POST", "/api/v1/attachments",
-        {**tenant.auth("write"), "Content-Type": "application/json"}, data=body,
-    )  # fmt: skip
+        client,
+        "POST",
+        "/api/v1/attachments",
+        {**tenant.auth("write"), "Content-Type": "application/json"},
+        data=body,
+    )
     assert_problem(response.status, raw, "invalid_request")
     count = await conn.fetchval(
         "SELECT count(*) FROM attachments WHERE workspace_id = $1", tenant.workspace_id
@@ -361,18 +383,24 @@ async def test_a_filename_of_1025_characters_is_refused_and_1024_taken(client, m
     tenant = await make_tenant()
     for length, status in ((1025, 400), (1024, 201)):
         response, _ = await call(
-            client, "POST", "/api/v1/attachments", tenant.auth("write"),
+            client,
+            "POST",
+            "/api/v1/attachments",
+            tenant.auth("write"),
             json={"filename": "é" * length, "size_bytes": 1},
-        )  # fmt: skip
+        )
         assert response.status == status
 
 
 async def test_a_huge_body_is_413(client, make_tenant):
     tenant = await make_tenant()
     response, raw = await call(
-        client, "POST", "/api/v1/attachments", tenant.auth("write"),
+        client,
+        "POST",
+        "/api/v1/attachments",
+        tenant.auth("write"),
         data=io.BytesIO(b'{"filename": "' + b"a" * (2 * 1024 * 1024) + b'", "size_bytes": 1}'),
-    )  # fmt: skip
+    )
     assert_problem(response.status, raw, "payload_too_large")
 
 
@@ -391,9 +419,12 @@ async def test_read_keys_may_not_write(client, conn, make_tenant, make_attachmen
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
     response, raw = await call(
-        client, method, path.format(id=attachment_id), tenant.auth("read"),
+        client,
+        method,
+        path.format(id=attachment_id),
+        tenant.auth("read"),
         json={"filename": "a.txt", "size_bytes": 1},
-    )  # fmt: skip
+    )
     assert_problem(response.status, raw, "insufficient_scope")
     assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
     rows = await conn.fetch(

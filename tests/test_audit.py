@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,15 +19,26 @@ from service.data.audit.trail import COLUMNS, AuditTrail, maintain_partitions
 from service.devstack.ports import free_port
 from service.web.app import create_app
 from service.web.audit import AUDIT
-from tests.http import raw_request
+from tests.support.environment import process_env
+from tests.support.http import raw_request
 
 
 def audit_record(at, workspace_id, **fields):
     """A row in COLUMNS order, with plain defaults for what a test does not care about."""
-    values = {"at": at, "workspace_id": workspace_id, "key_id": uuid.uuid4(),
-              "key_prefix": "ixk_test", "attachment_id": None, "method": "GET",
-              "outcome": "issued", "status": 307, "client_address": None,
-              "user_agent": None, "expires_at": None, **fields}  # fmt: skip
+    values = {
+        "at": at,
+        "workspace_id": workspace_id,
+        "key_id": uuid.uuid4(),
+        "key_prefix": "ixk_test",
+        "attachment_id": None,
+        "method": "GET",
+        "outcome": "issued",
+        "status": 307,
+        "client_address": None,
+        "user_agent": None,
+        "expires_at": None,
+        **fields,
+    }
     return tuple(values[column] for column in COLUMNS)
 
 
@@ -253,6 +263,7 @@ async def test_monthly_partitions_and_retention(pool):
     assert await pool.fetchval("SELECT to_regclass('download_audit_202601')") is not None
 
 
+@pytest.mark.slow
 def test_the_audit_command_reads_it_back(database_url):
     workspace_id, attachment_id = uuid.uuid4(), uuid.uuid4()
 
@@ -262,21 +273,29 @@ def test_the_audit_command_reads_it_back(database_url):
             now = datetime.now(UTC)
             records = [
                 audit_record(
-                    now - timedelta(hours=2), workspace_id, key_prefix="ixk_AAAAAAAA",
-                    attachment_id=attachment_id, client_address="203.0.113.9",
-                    user_agent="curl/8", expires_at=now,
+                    now - timedelta(hours=2),
+                    workspace_id,
+                    key_prefix="ixk_AAAAAAAA",
+                    attachment_id=attachment_id,
+                    client_address="203.0.113.9",
+                    user_agent="curl/8",
+                    expires_at=now,
                 ),
                 audit_record(
-                    now - timedelta(days=3), workspace_id, key_prefix="ixk_BBBBBBBB",
-                    outcome="not_found", status=404, client_address="203.0.113.9",
+                    now - timedelta(days=3),
+                    workspace_id,
+                    key_prefix="ixk_BBBBBBBB",
+                    outcome="not_found",
+                    status=404,
+                    client_address="203.0.113.9",
                 ),
-            ]  # fmt: skip
+            ]
             await conn.copy_records_to_table("download_audit", records=records, columns=COLUMNS)
         finally:
             await conn.close()
 
     asyncio.run(insert())
-    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url}
+    env = process_env(DATABASE_URL=database_url)
     base = [sys.executable, "-m", "service", "audit", "--workspace", str(workspace_id)]
 
     def run(*args):

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,16 +21,36 @@ from service.data.audit.queue import AuditQueue
 from service.data.audit.trail import COLUMNS, AuditTrail
 
 EDGE_ADDRESSES = [
-    "127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::", "::1", "2001:db8::1",
-    "::ffff:192.0.2.1", "fe80::1%eth0", "2001:db8:85a3::8a2e:370:7334", "1:2:3:4:5:6:7:8",
-]  # fmt: skip
+    "127.0.0.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    "10.1.2.3",
+    "::",
+    "::1",
+    "2001:db8::1",
+    "::ffff:192.0.2.1",
+    "fe80::1%eth0",
+    "2001:db8:85a3::8a2e:370:7334",
+    "1:2:3:4:5:6:7:8",
+]
 # What a peer address should never be, but must not stop a batch if it is.
 NOT_ADDRESSES = ["/run/gateway.sock", "999.1.1.1", "::g", "fe80::1%", "1.2.3.4\x00"]
 # What the header parser lets through (aiohttp decodes with surrogateescape) and worse.
 EDGE_AGENTS = [
-    "", "curl/8.5", "a\tb", "a\\nb\\\\", "\x00", "\x7f\x1b[31m", "\u202eevil", "\udcff\udcfe",
-    "é" * 300, "x" * 256, "x" * 257, "\\N", "日本語 ブラウザ",
-]  # fmt: skip
+    "",
+    "curl/8.5",
+    "a\tb",
+    "a\\nb\\\\",
+    "\x00",
+    "\x7f\x1b[31m",
+    "\u202eevil",
+    "\udcff\udcfe",
+    "é" * 300,
+    "x" * 256,
+    "x" * 257,
+    "\\N",
+    "日本語 ブラウザ",
+]
 
 
 def principals() -> st.SearchStrategy[Principal]:
@@ -51,8 +72,9 @@ def raw_ids() -> st.SearchStrategy[str]:
 
 
 def expiries() -> st.SearchStrategy[datetime | None]:
-    zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
-                             timezone(-timedelta(hours=8))])  # fmt: skip
+    zones = st.sampled_from(
+        [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+    )
     return st.one_of(
         st.none(),
         st.datetimes(datetime(1990, 1, 1), datetime(2100, 1, 1), timezones=zones),
@@ -137,6 +159,7 @@ async def written_both_ways(database_url: str, batch: list[tuple]) -> tuple[list
         await conn.close()
 
 
+@pytest.mark.slow  # hundreds of generated cases
 @settings(max_examples=150, deadline=None)
 @given(batches())
 def test_the_encoder_writes_what_asyncpg_writes(database_url, batch):
@@ -147,8 +170,9 @@ def test_the_encoder_writes_what_asyncpg_writes(database_url, batch):
 
 async def test_every_edge_address_and_user_agent_across_chunk_boundaries(database_url):
     """More rows than one chunk, so rows meet chunk boundaries; every edge value in turn."""
-    keys = [Principal(uuid.uuid4(), uuid.uuid4(), "write", f"ixk_{i:08d}", True, None)
-            for i in range(7)]  # fmt: skip
+    keys = [
+        Principal(uuid.uuid4(), uuid.uuid4(), "write", f"ixk_{i:08d}", True, None) for i in range(7)
+    ]
     now = epoch_us(datetime.now(UTC))
     batch = [
         (

@@ -11,7 +11,7 @@ from service.core.settings import Settings
 from service.core.tokens import generate_token
 from service.data.admin import create_key, revoke_key
 from service.web.app import create_app
-from tests.http import assert_problem, raw_get, raw_request
+from tests.support.http import assert_problem, raw_get, raw_request
 
 BARE = 'Bearer realm="api"'
 INVALID_REQUEST = 'Bearer realm="api", error="invalid_request"'

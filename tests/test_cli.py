@@ -17,7 +17,8 @@ from service.devstack.ports import free_port
 from service.devstack.seaweed import S3Server, ensure_bucket
 from service.storage.uploads import PART_SIZE
 from service.web.app import create_app
-from tests.servers import BUCKET
+from tests.support.environment import process_env
+from tests.support.storage import BUCKET
 
 TOKEN_SHAPE = r"^ixk_[0-9A-Za-z]{38}$"
 
@@ -38,6 +39,7 @@ def as_json(result):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_workspace_lifecycle(cli):
     created = as_json(cli("workspace", "create", "Acme", "--json"))
     assert set(created) == {"id", "name", "api_access"}
@@ -56,12 +58,24 @@ def test_workspace_lifecycle(cli):
     assert "created workspace" in cli("workspace", "create", "Plain").stdout
 
 
+@pytest.mark.slow
 def test_keys_are_shown_once_and_listed_without_secrets(cli):
     workspace = as_json(cli("workspace", "create", "Keys", "--json"))["id"]
     key = as_json(
-        cli("key", "create", "--workspace", workspace, "--scope", "write", "--name", "ci",
-            "--expires-in", "3600", "--json")
-    )  # fmt: skip
+        cli(
+            "key",
+            "create",
+            "--workspace",
+            workspace,
+            "--scope",
+            "write",
+            "--name",
+            "ci",
+            "--expires-in",
+            "3600",
+            "--json",
+        )
+    )
     assert set(key) == {"id", "token", "prefix", "scope", "expires_at"}
     assert key["scope"] == "write" and key["expires_at"]
     assert key["token"].startswith(key["prefix"]) and len(key["token"]) == 42
@@ -80,6 +94,7 @@ def test_keys_are_shown_once_and_listed_without_secrets(cli):
     cli("key", "revoke", key["id"], expect=2)
 
 
+@pytest.mark.slow
 async def test_attachment_add_uploads_and_the_gateway_serves_it(cli, serve_app, settings, tmp_path):
     workspace = as_json(cli("workspace", "create", "Files", "--json"))["id"]
     token = as_json(cli("key", "create", "--workspace", workspace, "--json"))["token"]
@@ -121,15 +136,27 @@ async def test_attachment_add_uploads_and_the_gateway_serves_it(cli, serve_app, 
     cli("attachment", "delete", added["id"], expect=2)
 
 
+@pytest.mark.slow
 def test_large_files_go_up_in_parts(cli, moto_s3, tmp_path):
     workspace = as_json(cli("workspace", "create", "Big", "--json"))["id"]
     path = tmp_path / "big.bin"
     body = os.urandom(PART_SIZE * 2 + 12345)
     path.write_bytes(body)
     added = as_json(
-        cli("attachment", "add", "--workspace", workspace, str(path), "--bucket", "uploads",
-            "--content-type", "application/x-big", "--json", s3=moto_s3)
-    )  # fmt: skip
+        cli(
+            "attachment",
+            "add",
+            "--workspace",
+            workspace,
+            str(path),
+            "--bucket",
+            "uploads",
+            "--content-type",
+            "application/x-big",
+            "--json",
+            s3=moto_s3,
+        )
+    )
     s3 = moto_s3.client()
     head = s3.head_object(Bucket="uploads", Key=added["key"])
     assert head["ETag"].strip('"').endswith("-3")  # three parts
@@ -138,15 +165,30 @@ def test_large_files_go_up_in_parts(cli, moto_s3, tmp_path):
     assert s3.list_multipart_uploads(Bucket="uploads").get("Uploads", []) == []
 
 
+@pytest.mark.slow
 def test_register_an_existing_object(cli, seaweed):
     workspace = as_json(cli("workspace", "create", "Existing", "--json"))["id"]
     key = f"imported/{uuid.uuid4()}"
     seaweed.client().put_object(Bucket=BUCKET, Key=key, Body=b"old data")
     registered = as_json(
-        cli("attachment", "register", "--workspace", workspace, "--bucket", BUCKET,
-            "--key", key, "--filename", "old.txt", "--content-type", "text/plain",
-            "--size", "8", "--json")
-    )  # fmt: skip
+        cli(
+            "attachment",
+            "register",
+            "--workspace",
+            workspace,
+            "--bucket",
+            BUCKET,
+            "--key",
+            key,
+            "--filename",
+            "old.txt",
+            "--content-type",
+            "text/plain",
+            "--size",
+            "8",
+            "--json",
+        )
+    )
     assert registered["key"] == key and registered["size_bytes"] == 8
     assert uuid.UUID(registered["id"])
 
@@ -164,21 +206,46 @@ def test_register_an_existing_object(cli, seaweed):
         ("key", "revoke", str(uuid.uuid4())),
         ("attachment", "add", "--workspace", str(uuid.uuid4()), "/nonexistent/file"),
         ("attachment", "delete", str(uuid.uuid4())),
-        ("attachment", "register", "--workspace", str(uuid.uuid4()), "--bucket", BUCKET,
-         "--key", "k", "--filename", "f"),
+        (
+            "attachment",
+            "register",
+            "--workspace",
+            str(uuid.uuid4()),
+            "--bucket",
+            BUCKET,
+            "--key",
+            "k",
+            "--filename",
+            "f",
+        ),
         ("nonsense",),
         (),
     ],
-)  # fmt: skip
+)
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(cli, args):
     cli(*args, expect=2)
 
 
+@pytest.mark.slow
 def test_bad_media_type_and_expiry_are_refused(cli, tmp_path):
     workspace = as_json(cli("workspace", "create", "Strict", "--json"))["id"]
     cli("key", "create", "--workspace", workspace, "--expires-in", "0", expect=2)
-    cli("attachment", "register", "--workspace", workspace, "--bucket", BUCKET, "--key", "k",
-        "--filename", "f", "--content-type", "text/html\r\nX: y", expect=2)  # fmt: skip
+    cli(
+        "attachment",
+        "register",
+        "--workspace",
+        workspace,
+        "--bucket",
+        BUCKET,
+        "--key",
+        "k",
+        "--filename",
+        "f",
+        "--content-type",
+        "text/html\r\nX: y",
+        expect=2,
+    )
 
 
 def test_an_unreachable_database_is_exit_1_in_one_line(cli):
@@ -188,19 +255,25 @@ def test_an_unreachable_database_is_exit_1_in_one_line(cli):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_settings_come_from_a_dotenv_file_below_the_environment(cli, tmp_path, database_url):
     (tmp_path / ".env").write_text("DATABASE_URL=postgresql://nobody@127.0.0.1:1/none\n")
-    env = {k: v for k, v in os.environ.items() if k == "PATH"}
     result = subprocess.run(
         [sys.executable, "-m", "service", "workspace", "list"],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(os.getcwd())},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=process_env(PYTHONPATH=str(os.getcwd())),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "database unreachable" in result.stderr
     result = subprocess.run(
         [sys.executable, "-m", "service", "workspace", "list", "--json"],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(os.getcwd()), "DATABASE_URL": database_url},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=process_env(PYTHONPATH=str(os.getcwd()), DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and isinstance(json.loads(result.stdout), list)
     assert urlsplit(database_url).scheme == "postgresql"

@@ -356,13 +356,24 @@ def test_the_wheel_from_the_build_context_holds_the_whole_package(tmp_path: Path
         shutil.copy2(path, target)
     wheels = tmp_path / "wheels"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "--quiet", "--wheel-dir", str(wheels), str(context)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(context),
+        ],
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
         capture_output=True,
         text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = wheels.glob("attachments_gateway-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -455,9 +466,7 @@ def test_app_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["migrate"]["command"] == ["migrate"]
     assert services["seed"]["command"] == ["seed", "--state-file", "/state/demo.json"]
-    assert services["gateway"]["command"] == [
-        "serve", "--host", "0.0.0.0", "--port", str(APP_PORT),
-    ]  # fmt: skip
+    assert services["gateway"]["command"] == ["serve", "--host", "0.0.0.0", "--port", str(APP_PORT)]
     for name in APP_SERVICES:
         parses_as_cli(services[name]["command"])
     assert "seed-state:/state" in services["seed"]["volumes"]
@@ -558,8 +567,13 @@ def test_s3_service(compose: dict[str, Any]) -> None:
     assert "s3-data:/data" in s3["volumes"]
     assert "s3-data" in compose["volumes"]
     assert s3["healthcheck"]["test"] == [
-        "CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8333/healthz",
-    ]  # fmt: skip
+        "CMD",
+        "wget",
+        "-q",
+        "-O",
+        "/dev/null",
+        "http://127.0.0.1:8333/healthz",
+    ]
 
 
 def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
@@ -734,8 +748,10 @@ def test_service_pdb_and_hpa_select_the_gateway_pods(k8s: dict[str, Any]) -> Non
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
-        "apps/v1", "Deployment", deployment["metadata"]["name"],
-    )  # fmt: skip
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -12,9 +11,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from service.devstack.demo import DEMO_BODY
 from service.devstack.ports import free_port
+from tests.support.environment import process_env
+
+pytestmark = pytest.mark.slow  # the whole dev stack from an empty folder, twice
 
 CURL = re.compile(r'curl -L -H "Authorization: Bearer (ixk_\w+)" (http://\S+)')
 
@@ -25,7 +28,7 @@ def start_dev(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "dev", "--port", str(port)],
             cwd=workdir,
-            env={"PATH": os.environ["PATH"], "HOME": str(workdir)},
+            env=process_env(HOME=str(workdir)),  # nothing configured, as in the README
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import NO_ABUSE_LIMITS
-from tests.processes import Gateway
+import pytest
+
+from tests.support.environment import AWS_ISOLATION, NO_ABUSE_LIMITS
+from tests.support.processes import Gateway
+
+pytestmark = pytest.mark.slow  # a few hundred generated requests against a real process
 
 # Fixed so that CI is repeatable; set SCHEMATHESIS_SEED to explore other examples.
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261127")
@@ -49,6 +53,7 @@ async def test_schemathesis_finds_nothing(gateway_env, make_tenant, make_attachm
 async def run_schemathesis(url, token, config_args, report_dir) -> int:
     """Exit 0 or fail with its report; returns how many cases it generated."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
+    # Not formatted: each option beside its value, as on a command line.
     command = [
         str(schemathesis), *config_args, "run", f"{url}/api/v1/openapi.json",
         "--checks", "all",
@@ -59,9 +64,13 @@ async def run_schemathesis(url, token, config_args, report_dir) -> int:
         "--report", "junit", "--report-dir", str(report_dir),
     ]  # fmt: skip
     result = await asyncio.to_thread(
-        subprocess.run, command, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
-    )  # fmt: skip
+        subprocess.run,
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **AWS_ISOLATION, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     generated = re.search(r"(\d+) generated", output)

@@ -8,7 +8,7 @@ import uuid
 
 from service.core.tokens import generate_token
 from service.data.admin import delete_attachment
-from tests.http import raw_request
+from tests.support.http import raw_request
 
 READ = "read"
 
@@ -30,6 +30,7 @@ def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
     download = f"/api/v1/attachments/{own}/download"
     missing = f"/api/v1/attachments/{uuid.uuid4()}/download"
     crc_flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    # Not formatted: a table, one case per row (name, request, status, problem).
     table = [
         # Authorization
         ("no authorization", request("GET", download), 401, "unauthorized"),

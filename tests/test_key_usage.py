@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from service.devstack.ports import free_port
 from service.web.app import create_app
 from service.web.caches import CACHES
 from service.web.usage import KEY_USAGE
-from tests.test_caches import _true, wait_until
+from tests.support.environment import process_env
+from tests.support.waiting import eventually
 
 
 async def last_used(conn, key_id):
@@ -38,7 +38,7 @@ async def test_a_used_key_shows_when_to_the_minute(
     monkeypatch.setattr(service.data.usage.time, "time", lambda: frozen)
     app = create_app(settings)
     client = await serve_app(app)
-    await wait_until(lambda: _true(app[CACHES].live))
+    await eventually(lambda: app[CACHES].live, timeout=5)
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
     path = f"/api/v1/attachments/{attachment_id}/download"
@@ -79,7 +79,7 @@ async def test_a_failed_write_loses_nothing(database_url, conn, make_tenant):
 
 def test_key_list_shows_last_use(database_url, make_tenant, conn):
     tenant = asyncio.run(_tenant_used(database_url))
-    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url}
+    env = process_env(DATABASE_URL=database_url)
     run = [sys.executable, "-m", "service", "key", "list", "--workspace", str(tenant[0])]
     listed = json.loads(
         subprocess.run([*run, "--json"], capture_output=True, text=True, env=env).stdout

@@ -12,6 +12,7 @@ import pytest
 
 from service.core.settings import DEFAULT_MIGRATIONS_DIR
 from service.data.migrations import MigrationError, apply_migrations, load_migrations
+from tests.support.environment import process_env
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_badly_named_files_are_refused(own_migrations):
 
 
 def test_the_cli_migrates_and_reports(empty_database):
-    env = {"DATABASE_URL": empty_database, "PATH": "/usr/bin:/bin"}
+    env = process_env(DATABASE_URL=empty_database, PATH="/usr/bin:/bin")
     command = [sys.executable, "-m", "service", "migrate"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     names = [m.name for m in load_migrations(DEFAULT_MIGRATIONS_DIR)]
@@ -89,7 +90,7 @@ def test_the_cli_migrates_and_reports(empty_database):
 
 
 def test_the_cli_reports_bad_settings_in_one_line():
-    env = {"PRESIGN_EXPIRES_SECONDS": "0", "PATH": "/usr/bin:/bin"}
+    env = process_env(PRESIGN_EXPIRES_SECONDS="0", PATH="/usr/bin:/bin")
     result = subprocess.run(
         [sys.executable, "-m", "service", "migrate"], env=env, capture_output=True, text=True
     )

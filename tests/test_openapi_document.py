@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +15,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from service.web.problems import PROBLEM_TYPES
+from tests.support.openapi import DOCUMENT, HTTP_METHODS, TEXT
 
-DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "service" / "openapi.json"
 DOCUMENT_URI = "urn:attachments-gateway:openapi"
 PROBLEM_REF = "#/components/schemas/Problem"
 PROBLEM_MEMBERS = ["error", "message", "code", "problem", "request_id"]
-HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 # The product's reference texts: (error, message) for each error status. They never change.
 REFERENCE_TEXTS = {
@@ -39,16 +37,6 @@ REFERENCE_TEXTS = {
 }
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate keys in {DOCUMENT_PATH.name}: {duplicates}")
-    return dict(pairs)
-
-
-TEXT = DOCUMENT_PATH.read_text(encoding="utf-8")
-DOCUMENT: dict[str, Any] = json.loads(TEXT, object_pairs_hook=_unique_keys)
 REGISTRY: Registry[Any] = Registry().with_resource(
     DOCUMENT_URI, Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
 )

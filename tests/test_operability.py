@@ -17,8 +17,8 @@ from service.devstack.ports import free_port
 from service.web.app import create_app
 from service.web.caches import CACHES
 from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, RequestCounts
-from tests.test_caches import _true, wait_until
-from tests.test_openapi_document import DOCUMENT, HTTP_METHODS
+from tests.support.openapi import DOCUMENT, HTTP_METHODS
+from tests.support.waiting import eventually
 
 
 async def test_healthz_needs_no_key(client):
@@ -70,7 +70,7 @@ async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
     path = f"/api/v1/attachments/{attachment_id}/download"
     # URLs are reused only once the invalidation listener is up (its first connection can
     # time out on a loaded machine, and it retries): the counts below assume reuse.
-    await wait_until(lambda: _true(client.app[CACHES].live), timeout=15)
+    await eventually(lambda: client.app[CACHES].live, timeout=15)
     for _ in range(3):
         await client.get(path, headers=tenant.auth(), allow_redirects=False)
     await client.head(path, headers=tenant.auth(), allow_redirects=False)

@@ -8,18 +8,17 @@ import uuid
 from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import boto3
 import botocore.auth
 import pytest
 from botocore.config import Config
-from yarl import URL
 
 from service.core.disposition import content_disposition
 from service.core.settings import Settings
 from service.storage.client import signed_at
 from service.web.app import create_app
-from tests.servers import BUCKET
+from tests.support.http import fetch
+from tests.support.storage import BUCKET
 
 HOSTILE_FILENAMES = [
     'quote".txt',
@@ -35,12 +34,6 @@ HOSTILE_FILENAMES = [
     "日本語のファイル名.docx",
     "tab\tand\x01ctl\x7f.txt",  # Postgres text cannot hold NUL at all
 ]
-
-
-async def fetch(location: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, URL(location, encoded=True)) as response:
-            return response.status, await response.read(), dict(response.headers)
 
 
 async def redirect(client, attachment_id, token, method="GET") -> str:

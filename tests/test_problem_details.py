@@ -33,8 +33,10 @@ async def test_problem_details_on_request(client, make_tenant, method, path, aut
     assert list(body) == LEGACY + RFC_9457
     assert body["type"] == "urn:attachments-gateway:problem:" + problem
     assert (body["title"], body["status"], body["detail"]) == (
-        body["error"], status, body["message"],
-    )  # fmt: skip
+        body["error"],
+        status,
+        body["message"],
+    )
     assert body["instance"] == "urn:attachments-gateway:request:" + response.headers["X-Request-ID"]
 
     plain = await client.request(method, url, headers=headers)

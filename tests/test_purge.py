@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from botocore.exceptions import ClientError
 
 from service.data.admin import register_attachment
-from tests.servers import BUCKET
+from tests.support.storage import BUCKET
 
 
 def object_exists(seaweed, key):
@@ -29,6 +30,7 @@ async def age(conn, attachment_id, column, hours):
     )
 
 
+@pytest.mark.slow
 async def test_purge_removes_old_deletions_and_abandoned_uploads_only(
     cli, conn, seaweed, make_tenant, make_attachment
 ):
@@ -104,6 +106,7 @@ async def test_when_storage_fails_the_batch_stays_for_the_next_run(
     assert not object_exists(seaweed, key)
 
 
+@pytest.mark.slow
 def test_purge_needs_an_age(cli):
     for value in ("soon", "7", "-1d", "2026-01-01"):
         assert "--older-than" in cli("purge", "--older-than", value, expect=2).stderr

@@ -4,17 +4,13 @@ Retry-After and the IETF RateLimit fields, never those fields on a redirect."""
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import replace
 
 import pytest
 
 from service.core.tokens import generate_token
 from service.web.app import create_app
-from tests.http import assert_problem
-
-POLICY = re.compile(r'^"(?P<name>[a-z-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
-REMAINING = re.compile(r'^"(?P<name>[a-z-]+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
+from tests.support.rate_limits import assert_rate_limited, download
 
 
 @pytest.fixture
@@ -27,24 +23,6 @@ def limited_gateway(serve_app, settings, make_tenant, make_attachment):
         return client, tenant, await make_attachment(tenant.workspace_id)
 
     return start
-
-
-async def download(client, attachment_id, headers):
-    response = await client.get(
-        f"/api/v1/attachments/{attachment_id}/download", headers=headers, allow_redirects=False
-    )
-    return response, await response.read()
-
-
-def assert_rate_limited(response, body, policy, quota):
-    assert response.status == 429
-    assert_problem(429, body, "rate_limited")
-    assert int(response.headers["Retry-After"]) >= 1
-    declared = POLICY.match(response.headers["RateLimit-Policy"])
-    assert declared and declared["name"] == policy and int(declared["q"]) == quota
-    left = REMAINING.match(response.headers["RateLimit"])
-    assert left and left["name"] == policy and left["r"] == "0"
-    assert int(left["t"]) == int(response.headers["Retry-After"])
 
 
 async def test_a_key_over_its_limit_gets_429_and_its_redirects_carry_no_limit_fields(
@@ -98,9 +76,11 @@ async def test_one_workspace_hammering_does_not_starve_another(
 ):
     limited = replace(
         settings,
-        rate_limit_per_key=20, rate_limit_burst_per_key=20,
-        rate_limit_per_workspace=20, rate_limit_burst_per_workspace=20,
-    )  # fmt: skip
+        rate_limit_per_key=20,
+        rate_limit_burst_per_key=20,
+        rate_limit_per_workspace=20,
+        rate_limit_burst_per_workspace=20,
+    )
     client = await serve_app(create_app(limited))
     noisy, quiet = await make_tenant(), await make_tenant()
     noisy_id = await make_attachment(noisy.workspace_id)

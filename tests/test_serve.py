@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from service.devstack.ports import free_port
-from tests.conftest import SECRETS_IN_LOGS
-from tests.processes import Gateway
-from tests.proxy import postgres_proxy
+from tests.support.processes import Gateway
+from tests.support.proxy import postgres_proxy
+from tests.support.secrets_in_logs import SECRETS_IN_LOGS
 
 
 async def get(url: str, token: str | None = None, method: str = "GET") -> int:
@@ -53,6 +54,7 @@ async def test_serve_logs_json_lines_without_secrets_and_stops_on_sigterm(
     assert not SECRETS_IN_LOGS.search(text), text
 
 
+@pytest.mark.slow
 async def test_in_flight_requests_finish_after_sigterm(
     gateway_env, database_url, make_tenant, make_attachment, tmp_path
 ):
@@ -85,6 +87,7 @@ async def test_in_flight_requests_finish_after_sigterm(
             gateway.stop()
 
 
+@pytest.mark.slow
 async def test_workers_share_the_port_and_all_stop(gateway_env, make_tenant, tmp_path):
     tenant = await make_tenant()
     gateway = Gateway(gateway_env, "--workers", "2", log=tmp_path / "gateway.log")
@@ -93,9 +96,14 @@ async def test_workers_share_the_port_and_all_stop(gateway_env, make_tenant, tmp
         children = _children(gateway.process.pid)
         assert len(children) >= 2
         statuses = await asyncio.gather(
-            *(get(f"{gateway.url}/api/v1/attachments/{os.urandom(2).hex()}/download",
-                  tenant.read_token) for _ in range(20))
-        )  # fmt: skip
+            *(
+                get(
+                    f"{gateway.url}/api/v1/attachments/{os.urandom(2).hex()}/download",
+                    tenant.read_token,
+                )
+                for _ in range(20)
+            )
+        )
         assert set(statuses) == {404}
     finally:
         assert gateway.stop() == 0
@@ -111,6 +119,7 @@ def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
+@pytest.mark.slow
 def test_healthcheck_command(gateway_env, tmp_path):
     command = [sys.executable, "-m", "service", "healthcheck"]
     closed = {**gateway_env, "PORT": str(free_port())}

@@ -60,6 +60,7 @@ def botocore_presign(client, method, bucket, key, params, expires, at):
         )
 
 
+@pytest.mark.slow  # hundreds of generated cases
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     method=st.sampled_from(["GET", "HEAD"]),
@@ -76,9 +77,8 @@ def botocore_presign(client, method, bucket, key, params, expires, at):
     at=st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)),
 )
 def test_urls_are_byte_identical_to_botocore(
-    method, bucket, key, filename, content_type, endpoint, region, style, secret, token,
-    expires, at,
-):  # fmt: skip
+    method, bucket, key, filename, content_type, endpoint, region, style, secret, token, expires, at
+):
     client = botocore_client(endpoint, region, style, secret, token)
     params = {
         "ResponseContentDisposition": content_disposition(filename),

@@ -14,7 +14,7 @@ import pytest
 from service.core.settings import Settings
 from service.web.app import create_app
 from service.web.database import DATABASE
-from tests.http import assert_problem
+from tests.support.http import assert_problem
 
 
 async def download(client, attachment_id, headers, method="GET"):
@@ -123,16 +123,47 @@ async def test_pool_acquire_timeout_is_503(serve_app, settings, make_tenant):
     assert (await download(client, uuid.uuid4(), tenant.auth()))[0].status == 404
 
 
-async def test_unexpected_errors_are_500_without_internals_and_logged_with_the_request_id(
+async def test_a_database_error_of_any_kind_is_503_and_its_class_is_logged(
     serve_app, unmigrated_database, settings, make_tenant, caplog
 ):
-    """A database without the schema (migrations never ran) is our fault, not a 503."""
+    """A database that refuses a statement for a reason of its own (here: no schema, the
+    migrations never ran) is unusable to the request: 503, never a 500."""
     tenant = await make_tenant()
     unmigrated = replace(settings, database_url=unmigrated_database)
     client = await serve_app(create_app(unmigrated))
-    caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.WARNING)
     response = await client.get(
         f"/api/v1/attachments/{uuid.uuid4()}/download",
+        headers={**tenant.auth(), "X-Request-ID": "trace-503"},
+        allow_redirects=False,
+    )
+    body = await response.read()
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    payload = assert_problem(503, body, "service_unavailable")
+    assert payload["request_id"] == "trace-503"
+    assert b"api_keys" not in body and b"Traceback" not in body and b"asyncpg" not in body
+    logged = [r.getMessage() for r in caplog.records]
+    assert "database error: UndefinedTableError" in logged
+
+
+async def test_unexpected_errors_are_500_without_internals_and_logged_with_the_request_id(
+    serve_app, settings, make_tenant, make_attachment, caplog, monkeypatch
+):
+    """An error nobody planned for (here the credential chain, a library's, failing in a way
+    it never should) is a 500 with no detail, logged with the request id."""
+    from aiobotocore.credentials import AioCredentials
+
+    async def broken(self):
+        raise KeyError("internal detail: api_keys")
+
+    monkeypatch.setattr(AioCredentials, "get_frozen_credentials", broken)
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    client = await serve_app(create_app(settings))
+    caplog.set_level(logging.ERROR)
+    response = await client.get(
+        f"/api/v1/attachments/{attachment_id}/download",
         headers={**tenant.auth(), "X-Request-ID": "trace-500"},
         allow_redirects=False,
     )
@@ -140,7 +171,7 @@ async def test_unexpected_errors_are_500_without_internals_and_logged_with_the_r
     assert response.status == 500
     payload = assert_problem(500, body, "internal_error")
     assert payload["request_id"] == "trace-500"
-    assert b"api_keys" not in body and b"Traceback" not in body and b"asyncpg" not in body
+    assert b"api_keys" not in body and b"Traceback" not in body and b"KeyError" not in body
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(getattr(r, "request_id", None) == "trace-500" and r.exc_info for r in errors)
 

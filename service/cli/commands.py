@@ -20,11 +20,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..core.errors import DatabaseUnavailable, StorageNotConfigured, StorageUnavailable
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.settings import Settings
-from ..data import admin
+from ..data import admin, pool
 from ..data import purge as purging
 from ..data.migrations import apply_migrations
 from ..data.pool import UNAVAILABLE_ERRORS
-from ..devstack.demo import ensure_demo
+from ..devstack.demo import StateFileError, ensure_demo
 from ..storage.client import internal_client
 from ..storage.uploads import TerminalProgress, upload_file
 
@@ -56,7 +56,7 @@ def reported() -> Iterator[None]:
     commands' errors are translated (each command just lets them rise)."""
     try:
         yield
-    except StorageNotConfigured as exc:
+    except (StorageNotConfigured, StateFileError) as exc:
         raise UsageError(str(exc)) from None
     except StorageUnavailable as exc:
         raise Unavailable(str(exc)) from None
@@ -72,7 +72,7 @@ def reported() -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    conn = await pool.connect(settings)
     try:
         yield conn
     finally:
@@ -80,7 +80,7 @@ async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def migrate(settings: Settings, args: argparse.Namespace) -> Result:
-    applied = await apply_migrations(settings.database_url, settings.migrations_dir)
+    applied = await apply_migrations(settings.direct_database_url, settings.migrations_dir)
     names = ", ".join(applied)
     return Result(f"applied {len(applied)} migration(s)" + (f": {names}" if names else ""))
 
@@ -101,6 +101,18 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         serve_one(settings, host, port)
         return 0
     return serve_workers(settings, host, port, workers)
+
+
+def cluster(settings: Settings, args: argparse.Namespace) -> int:
+    from ..devstack.cluster import MissingTool, run_cluster
+
+    if args.replicas < 1:
+        raise UsageError("--replicas must be at least 1")
+    try:
+        run_cluster(args.port, args.replicas)
+    except MissingTool as exc:
+        raise UsageError(str(exc)) from None
+    return 0
 
 
 def dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -377,6 +389,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
     "migrate": migrate,
     "serve": serve,
     "dev": dev,
+    "cluster": cluster,
     "seed": seed,
     "healthcheck": healthcheck,
     "workspace create": workspace_create,

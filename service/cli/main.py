@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (WORKERS)")
     dev = sub.add_parser("dev", help="run on an embedded Postgres and S3, with demo data")
     dev.add_argument("--port", type=int, default=8080)
+    cluster = sub.add_parser(
+        "cluster", help="the dev stack scaled out: PgBouncer, Redis, gateways behind HAProxy"
+    )
+    cluster.add_argument("--port", type=int, default=8080, help="the balancer's port")
+    cluster.add_argument("--replicas", type=int, default=3)
     seed = sub.add_parser("seed", help="create (or reuse) the demo workspace, keys and file")
     seed.add_argument("--state-file", default=".dev/demo.json")
     seed.add_argument("--base-url", default="http://127.0.0.1:8080")

@@ -27,6 +27,12 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Postgres itself, not a transaction pooler: for what needs a session of its own
+    # (the invalidation LISTEN, the migrations' advisory lock). Default: DATABASE_URL.
+    database_direct_url: str | None = None
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in
+    # transaction mode (before 1.21, or without max_prepared_statements).
+    db_statement_cache_size: int = 100
     db_pool_min_size: int = 0
     db_pool_max_size: int = 32
     db_connect_timeout: float = 2.0
@@ -64,6 +70,11 @@ class Settings:
     rate_limit_burst_per_workspace: int = 400
     failed_auth_per_address: float = 1.0
     failed_auth_burst_per_address: int = 20
+    # Where the buckets live: "local" (each process its own) or "redis" (REDIS_URL, shared
+    # by every replica; local again while Redis does not answer within the timeout).
+    rate_limit_backend: str = "local"
+    redis_url: str | None = None
+    redis_timeout_seconds: float = 0.1
 
     # The download audit trail (see data/audit/trail.py).
     audit_enabled: bool = True
@@ -111,6 +122,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be 1 or more")
+        if self.rate_limit_backend not in ("local", "redis"):
+            raise SettingsError("RATE_LIMIT_BACKEND must be 'local' or 'redis'")
+        if self.rate_limit_backend == "redis" and not self.redis_url:
+            raise SettingsError("RATE_LIMIT_BACKEND=redis needs REDIS_URL")
+        if self.redis_timeout_seconds <= 0:
+            raise SettingsError("REDIS_TIMEOUT_SECONDS must be positive")
         try:
             _networks(self.trusted_proxies)
         except ValueError:
@@ -131,6 +148,8 @@ class Settings:
             raise SettingsError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if self.workers < 1:
             raise SettingsError("WORKERS must be >= 1")
+        if self.db_statement_cache_size < 0:
+            raise SettingsError("DB_STATEMENT_CACHE_SIZE must be 0 or more")
         for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
@@ -138,6 +157,11 @@ class Settings:
     @property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return _networks(self.trusted_proxies)
+
+    @property
+    def direct_database_url(self) -> str:
+        """Where sessions are real: DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.database_direct_url or self.database_url
 
     @property
     def url_reuse_window(self) -> int:

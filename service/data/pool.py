@@ -31,6 +31,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,  # a connection left mid-error by a server going away
 )
 
+# What Database.fetch lets through to its caller, who expects it.
+PASSED_ON = (asyncpg.IntegrityConstraintViolationError,)
+
 BACKGROUND_POOL_SIZE = 2
 
 
@@ -56,11 +59,18 @@ class Database:
                     raise
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(exc) from exc
+        except PASSED_ON:
+            raise  # the caller's to decide (a foreign key naming a row that went away)
+        except asyncpg.PostgresError as exc:
+            # Anything else the server or the pooler in front of it refuses (a prepared
+            # statement PgBouncer lost, say) leaves the database unusable to this request:
+            # a 503, never a 500. Its class names the cause in the log.
+            raise unavailable(exc, "database error") from exc
 
 
-def unavailable(exc: BaseException) -> DatabaseUnavailable:
+def unavailable(exc: BaseException, what: str = "database unavailable") -> DatabaseUnavailable:
     """The domain error for `exc`, logged by its class only (its text may hold data)."""
-    log.warning("database unavailable: %s", type(exc).__name__)
+    log.warning("%s: %s", what, type(exc).__name__)
     return DatabaseUnavailable(type(exc).__name__)
 
 
@@ -72,6 +82,20 @@ async def reset_after_use(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
+async def connect(settings: Settings, *, direct: bool = False) -> asyncpg.Connection:
+    """One connection outside the pools (the CLI's): through DATABASE_URL as the pools
+    connect, or `direct`ly to Postgres (DATABASE_DIRECT_URL) for a session of its own."""
+    if direct:
+        return await asyncpg.connect(
+            settings.direct_database_url, timeout=settings.db_connect_timeout
+        )
+    return await asyncpg.connect(
+        settings.database_url,
+        timeout=settings.db_connect_timeout,
+        statement_cache_size=settings.db_statement_cache_size,
+    )
+
+
 async def open_request_pool(settings: Settings) -> Database:
     """The request path's pool. min_size=0 by default, so the service starts (and answers
     401/404/503) even while the database is down; connections are made on first use."""
@@ -81,6 +105,7 @@ async def open_request_pool(settings: Settings) -> Database:
         max_size=settings.db_pool_max_size,
         timeout=settings.db_connect_timeout,
         command_timeout=settings.db_statement_timeout,
+        statement_cache_size=settings.db_statement_cache_size,
         reset=reset_after_use,
     )
     return Database(pool, settings.db_acquire_timeout)
@@ -95,6 +120,7 @@ async def open_background_pool(settings: Settings) -> Database:
         max_size=BACKGROUND_POOL_SIZE,
         timeout=settings.db_connect_timeout,
         command_timeout=30,
+        statement_cache_size=settings.db_statement_cache_size,
     )
     return Database(pool, settings.db_acquire_timeout)
 

@@ -26,10 +26,15 @@ from ..data.admin import (
     register_attachment,
     workspace_exists,
 )
+from ..data.pool import connect
 from ..storage.client import BUCKET_ALREADY_THERE, internal_client
 
 DEMO_FILENAME = "hello-gateway.txt"
 DEMO_BODY = b"Hello from attachments-gateway!\nThis file came from S3 through a presigned URL.\n"
+
+
+class StateFileError(Exception):
+    """The state file cannot be read or written: the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +52,11 @@ class Demo:
 
 
 async def ensure_demo(settings: Settings, state_file: Path) -> Demo:
-    """Reuse what the state file names and still exists; create whatever is missing."""
+    """Reuse what the state file names and still exists; create whatever is missing.
+    A state file that cannot be written is refused before anything is created."""
     state = await asyncio.to_thread(_read_state, state_file)
-    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    await asyncio.to_thread(_check_writable, state_file)
+    conn = await connect(settings)
     try:
         workspace_id = await _workspace(conn, state.get("workspace_id"))
         read_token = await _token(conn, workspace_id, "read", state.get("read_token"))
@@ -58,19 +65,40 @@ async def ensure_demo(settings: Settings, state_file: Path) -> Demo:
     finally:
         await conn.close()
     demo = Demo(str(workspace_id), read_token, write_token, str(attachment_id))
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = state_file.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(demo), indent=2))
-    os.chmod(temporary, 0o600)
-    temporary.replace(state_file)
+    await asyncio.to_thread(_write_state, state_file, demo)
     return demo
 
 
 def _read_state(state_file: Path) -> dict[str, str]:
-    if not state_file.exists():
-        return {}
-    state: dict[str, str] = json.loads(state_file.read_text())
+    try:
+        if not state_file.exists():
+            return {}
+        state: dict[str, str] = json.loads(state_file.read_text())
+    except OSError as exc:
+        raise StateFileError(f"cannot read the state file {state_file}: {exc.strerror}") from None
+    except ValueError:
+        raise StateFileError(f"the state file {state_file} is not JSON") from None
     return state
+
+
+def _check_writable(state_file: Path) -> None:
+    temporary = state_file.with_suffix(".tmp")
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary.touch(mode=0o600)
+        temporary.unlink()
+    except OSError as exc:
+        raise StateFileError(f"cannot write the state file {state_file}: {exc.strerror}") from None
+
+
+def _write_state(state_file: Path, demo: Demo) -> None:
+    temporary = state_file.with_suffix(".tmp")
+    try:
+        temporary.write_text(json.dumps(asdict(demo), indent=2))
+        os.chmod(temporary, 0o600)
+        temporary.replace(state_file)
+    except OSError as exc:
+        raise StateFileError(f"cannot write the state file {state_file}: {exc.strerror}") from None
 
 
 async def _workspace(conn: asyncpg.Connection, known: str | None) -> uuid.UUID:

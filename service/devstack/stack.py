@@ -48,7 +48,7 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
             s3_region=s3.region,
             port=port,
         )
-        asyncio.run(apply_migrations(settings.database_url, settings.migrations_dir))
+        asyncio.run(apply_migrations(settings.direct_database_url, settings.migrations_dir))
         demo = asyncio.run(ensure_demo(settings, dev_dir / "demo.json"))
         base_url = f"http://127.0.0.1:{port}"
         banner = (

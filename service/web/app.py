@@ -14,7 +14,7 @@ from .database import attachment_lookups_context, database_context
 from .downloads import download
 from .errors import error_middleware
 from .health import healthz, openapi_handler, readyz
-from .limits import RATE_LIMITS, RateLimits
+from .limits import RATE_LIMITS, RateLimits, shared_limits_context
 from .logs import flush_logs_context, install_log_safety
 from .metrics import METRICS, create_metrics, metrics_handler, metrics_site_context
 from .request_ids import REQUEST_IDS, RequestIds
@@ -45,6 +45,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(key_usage_context)
     app.cleanup_ctx.append(audit_context)
     app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(shared_limits_context)
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
     app.cleanup_ctx.append(flush_logs_context)
 

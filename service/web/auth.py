@@ -26,7 +26,7 @@ from .audit import ISSUED_UNTIL, record_download
 from .caches import CACHES
 from .config import Handler
 from .database import DATABASE
-from .forwarded import find_client_address
+from .forwarded import CLIENT_ADDRESS, find_client_address
 from .limits import RATE_LIMITS
 from .problems import (
     CHALLENGE_INSUFFICIENT_SCOPE,
@@ -60,7 +60,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     audited = is_download(request)
     try:
         entitle(principal)
-        limit(request, principal)
+        await limit(request, principal)
         request.app[KEY_USAGE].touch(principal.key_id)
         scope(request, principal)
         response = await handler(request)
@@ -84,13 +84,17 @@ async def identify(request: web.Request) -> Principal:
     its token is even read: otherwise a guesser would learn which guess was right."""
     address = find_client_address(request)
     limits = request.app[RATE_LIMITS]
-    if limits.failed_auth.active:  # someone has failed lately: look at who is asking
+    # (Shared limits look at the address in `limit`, in the same round trip as the rest.)
+    if limits.shared is None and limits.failed_auth.active:  # someone failed lately
         limits.check_address(address)
     try:
         return await authenticate(request)
     except Problem as problem:
         if problem.reason in GUESSES:
-            limits.failed(address)
+            if limits.shared is None:
+                limits.failed(address)
+            else:
+                await limits.failed_shared(address)
         raise
 
 
@@ -100,9 +104,14 @@ def entitle(principal: Principal) -> None:
         raise Problem("forbidden", reason="no_api_access")
 
 
-def limit(request: web.Request, principal: Principal) -> None:
-    """One request of the key's and of its workspace's rate limits."""
-    request.app[RATE_LIMITS].admit(principal.key_id, principal.workspace_id)
+async def limit(request: web.Request, principal: Principal) -> None:
+    """One request of the key's and of its workspace's rate limits (the cluster's, when
+    they are shared, with the address's failed attempts)."""
+    limits = request.app[RATE_LIMITS]
+    if limits.shared is None:
+        limits.admit(principal.key_id, principal.workspace_id)
+    else:
+        await limits.admit_shared(principal.key_id, principal.workspace_id, request[CLIENT_ADDRESS])
 
 
 def scope(request: web.Request, principal: Principal) -> None:

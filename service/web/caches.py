@@ -10,14 +10,16 @@ from aiohttp import web
 
 from ..core.settings import Settings
 from ..data.caches import HotPathCaches, TTLCache
-from ..data.invalidation import listen
+from ..data.invalidation import ListenerStatus, listen
 from .config import SETTINGS
+from .database import DATABASE
 
 # How long before its TTL ends a key or attachment entry is refreshed by one request
 # while the others keep using it (see TTLCache). Invalidations still remove it at once.
 REFRESH_LEASE = 2.0
 
 CACHES = web.AppKey("caches", HotPathCaches)
+LISTENER_STATUS = web.AppKey("listener_status", ListenerStatus)
 
 
 def create_caches(settings: Settings) -> HotPathCaches:
@@ -33,8 +35,13 @@ def create_caches(settings: Settings) -> HotPathCaches:
 
 
 async def invalidation_context(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(listen(app[SETTINGS], app[CACHES]))
+    status = app[LISTENER_STATUS] = ListenerStatus()
+    task = asyncio.create_task(listen(app[SETTINGS], app[CACHES], app[DATABASE], status))
     yield
-    task.cancel()
+    # Asked again until it stops: Python 3.11's wait_for can lose a cancellation that
+    # meets its own timeout (3.12 rewrote it), and the listener waits on many of them.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..core.errors import DatabaseUnavailable
+from .caches import LISTENER_STATUS
 from .config import Handler
 from .database import DATABASE
 from .problems import retry_after
@@ -28,6 +29,10 @@ async def readyz(request: web.Request) -> web.Response:
         await request.app[DATABASE].fetchrow("SELECT 1")
     except DatabaseUnavailable:
         checks["database"] = "unreachable"
+    listener = request.app.get(LISTENER_STATUS)
+    if listener is not None and listener.undelivered:
+        # The caches are off, so answers stay right, only slower: still ready.
+        checks["invalidation"] = "notifications not delivered: caches off"
     storage = request.app[STORAGE]
     if storage.unavailable_reason:
         checks["storage"] = storage.unavailable_reason
@@ -36,7 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
         # all out of the load balancer would only swap that answer for a connection error.
         checks["storage"] = "unreachable"
         return web.json_response({"status": "ready", "checks": checks})
-    if all(value == "ok" for value in checks.values()):
+    if checks["database"] == checks["storage"] == "ok":
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(
         {"status": "not_ready", "checks": checks},

@@ -1,9 +1,12 @@
 """Abuse limits: token buckets per key, per workspace, and for failed authentication per
 client address, each answered with 429 `rate_limited`.
 
-A bucket holds up to `burst` requests and refills at `rate` per second. The limits are
-per process: N instances (or workers) allow up to N times as much, the usual trade for
-a gateway with no shared state on the hot path (see docs/api.md, "Abuse limits").
+A bucket holds up to `burst` requests and refills at `rate` per second. With
+RATE_LIMIT_BACKEND=local the buckets are per process: N replicas (or workers) allow up to
+N times as much. With RATE_LIMIT_BACKEND=redis they live in Redis (data/shared_limits.py),
+shared by every replica, one round trip per event-loop iteration for all its requests;
+while Redis does not answer within REDIS_TIMEOUT_SECONDS, each process falls back to its
+local buckets (docs/operations.md, "Scaling out").
 
 429s carry `Retry-After` and the IETF rate-limit fields (draft-ietf-httpapi-ratelimit-
 headers): `RateLimit-Policy: "key";q=<burst>;w=<seconds to refill>` and
@@ -14,14 +17,22 @@ lifetime runs meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 
 from aiohttp import web
 
+from ..data.shared_limits import Ask, Policy, SharedBuckets, SharedLimitsDown
+from .config import SETTINGS
 from .problems import Problem
+
+# The policies' numbers in the shared buckets' script (RateLimits.shared_policies).
+FAILED_AUTH, KEY, WORKSPACE = 1, 2, 3
+# After Redis failed to answer, the local buckets decide for this long before it is asked again.
+SHARED_RETRY_SECONDS = 1.0
 
 # Buckets remembered per limiter; the least recently used go first (a full bucket
 # forgotten is the same as a full bucket remembered).
@@ -76,7 +87,10 @@ class TokenBuckets:
 
     def refused(self, key: Hashable) -> Problem:
         """The 429 for `key`'s empty bucket."""
-        tokens = self._level(key, time.monotonic())
+        return self.refusal(self._level(key, time.monotonic()))
+
+    def refusal(self, tokens: float) -> Problem:
+        """The 429 for a bucket of this policy holding `tokens` (less than one)."""
         wait = max(1, math.ceil((1 - tokens) / self.rate))
         refill = max(1, math.ceil(self.burst / self.rate))
         headers = {
@@ -97,6 +111,57 @@ class RateLimits:
         self.keys = TokenBuckets("key", *per_key)
         self.workspaces = TokenBuckets("workspace", *per_workspace)
         self.failed_auth = TokenBuckets("failed-auth", *failed_auth_per_address)
+        # The buckets in Redis (RATE_LIMIT_BACKEND=redis), once the app has started.
+        self.shared: SharedBuckets | None = None
+
+    async def admit_shared(
+        self, key_id: Hashable, workspace_id: Hashable, address: str | None
+    ) -> None:
+        """`admit` on the cluster's buckets; the address's failed attempts are looked at
+        here, with the rest, since no process alone knows them (so an address that used
+        them up is refused with a right token as with a wrong one)."""
+        assert self.shared is not None
+        asks: list[Ask] = []
+        policies: list[TokenBuckets] = []
+        for number, policy, subject in (
+            (FAILED_AUTH, self.failed_auth, address),
+            (KEY, self.keys, key_id),
+            (WORKSPACE, self.workspaces, workspace_id),
+        ):
+            if policy.enabled:
+                asks.append((number, number != FAILED_AUTH, str(subject)))
+                policies.append(policy)
+        if not asks:
+            return
+        try:
+            verdict = await self.shared.ask(asks)
+        except SharedLimitsDown:
+            self.check_address(address)
+            self.admit(key_id, workspace_id)
+            return
+        if verdict is not None:
+            position, tokens = verdict
+            raise policies[position].refusal(tokens)
+
+    async def failed_shared(self, address: str | None) -> None:
+        """`failed` on the cluster's bucket of the address; the 429 if it is used up."""
+        assert self.shared is not None
+        if not self.failed_auth.enabled:
+            return
+        try:
+            verdict = await self.shared.ask([(FAILED_AUTH, True, str(address))])
+        except SharedLimitsDown:
+            self.failed(address)
+            return
+        if verdict is not None:
+            raise self.failed_auth.refusal(verdict[1])
+
+    def shared_policies(self) -> list[Policy]:
+        """The policies as SharedBuckets numbers them (FAILED_AUTH, KEY, WORKSPACE)."""
+        return [
+            Policy(buckets.name, buckets.rate, buckets.burst)
+            for buckets in (self.failed_auth, self.keys, self.workspaces)
+        ]
 
     def admit(self, key_id: Hashable, workspace_id: Hashable) -> None:
         """Spend a request of the key and of its workspace, or raise the 429."""
@@ -117,3 +182,26 @@ class RateLimits:
 
 
 RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
+
+
+async def shared_limits_context(app: web.Application) -> AsyncIterator[None]:
+    """With RATE_LIMIT_BACKEND=redis, the limits' buckets in Redis for the app's life."""
+    settings = app[SETTINGS]
+    if settings.rate_limit_backend != "redis":
+        yield
+        return
+    assert settings.redis_url is not None  # (Settings checks it)
+    limits = app[RATE_LIMITS]
+    shared = SharedBuckets.connect(
+        settings.redis_url,
+        limits.shared_policies(),
+        settings.redis_timeout_seconds,
+        SHARED_RETRY_SECONDS,
+    )
+    limits.shared = shared
+    try:
+        yield
+    finally:
+        app[RATE_LIMITS].shared = None
+        with contextlib.suppress(Exception):
+            await shared.close()

@@ -22,9 +22,10 @@ from prometheus_client.utils import floatToGoString
 
 from ..data.caches import TTLCache
 from .audit import AUDIT
-from .caches import CACHES
+from .caches import CACHES, LISTENER_STATUS
 from .config import SETTINGS
 from .database import DATABASE
+from .limits import RATE_LIMITS
 from .storage import STORAGE
 
 # Redirects take well under a millisecond when warm; outages are bounded by timeouts (~2 s).
@@ -160,6 +161,14 @@ class RuntimeCollector(Collector):
         )
         flushes.add_metric([], caches.flushes)
         yield from (lookups, entries, live, flushes)
+        listener = self.app.get(LISTENER_STATUS)
+        if listener is not None:
+            delivering = GaugeMetricFamily(
+                "gateway_invalidation_delivering",
+                "1 while the listener hears its own probe NOTIFY (0: caches off).",
+            )
+            delivering.add_metric([], 1 if listener.delivering else 0)
+            yield delivering
         trail = self.app.get(AUDIT)
         if trail is not None:
             written = CounterMetricFamily("gateway_audit_written", "Audit rows written.")
@@ -171,6 +180,19 @@ class RuntimeCollector(Collector):
             queued = GaugeMetricFamily("gateway_audit_queued", "Audit rows waiting to be written.")
             queued.add_metric([], len(trail))
             yield from (written, dropped, queued)
+        shared = self.app[RATE_LIMITS].shared
+        if shared is not None:
+            up = GaugeMetricFamily(
+                "gateway_rate_limit_shared",
+                "1 while the rate limits are Redis' (cluster-wide); 0: each process's own.",
+            )
+            up.add_metric([], 1 if shared.up else 0)
+            fallbacks = CounterMetricFamily(
+                "gateway_rate_limit_fallbacks",
+                "Requests limited by the process's own buckets because Redis did not answer.",
+            )
+            fallbacks.add_metric([], shared.fallbacks)
+            yield from (up, fallbacks)
         storage = self.app.get(STORAGE)
         if storage is not None and storage.client is not None:
             reachable = GaugeMetricFamily(

@@ -9,10 +9,11 @@ import time
 
 import asyncpg
 
-from tests.faults.conftest import Load, error_lines, eventually, metric, seed
-from tests.proxy import postgres_proxy
-
-NO_CACHES = {"KEY_CACHE_SIZE": "0", "ATTACHMENT_CACHE_SIZE": "0", "URL_CACHE_SIZE": "0"}
+from tests.support.environment import NO_CACHES
+from tests.support.load import Load, seed
+from tests.support.processes import error_lines, metric
+from tests.support.proxy import postgres_proxy
+from tests.support.waiting import eventually
 
 
 def assert_only_redirects_and_unavailable(answers):
@@ -84,10 +85,14 @@ async def test_slow_then_silent_database_answers_503_in_time_and_stops_cleanly(
     database_url, start_gateway
 ):
     async with behind_a_proxy(
-        database_url, start_gateway,
-        DB_CONNECT_TIMEOUT="1", DB_ACQUIRE_TIMEOUT="1", DB_STATEMENT_TIMEOUT="1",
-        SHUTDOWN_GRACE_SECONDS="3", **NO_CACHES,
-    ) as (seeded, proxy, gateway):  # fmt: skip
+        database_url,
+        start_gateway,
+        DB_CONNECT_TIMEOUT="1",
+        DB_ACQUIRE_TIMEOUT="1",
+        DB_STATEMENT_TIMEOUT="1",
+        SHUTDOWN_GRACE_SECONDS="3",
+        **NO_CACHES,
+    ) as (seeded, proxy, gateway):
         async with Load(gateway.url, seeded.paths(), seeded.auth, concurrency=4) as load:
             await asyncio.sleep(1.0)
             proxy.delay = 0.15  # slow: every round trip at least 0.3 s

@@ -14,9 +14,11 @@ import pytest
 
 from service.data.admin import create_key, revoke_key
 from service.data.invalidation import APPLICATION_NAME
-from tests.faults.conftest import Load, error_lines, eventually, metric, seed
-from tests.faults.test_database_faults import NO_CACHES
-from tests.proxy import postgres_proxy
+from tests.support.environment import NO_CACHES
+from tests.support.load import Load, seed
+from tests.support.processes import error_lines, metric
+from tests.support.proxy import postgres_proxy
+from tests.support.waiting import eventually
 
 
 def open_descriptors(pid: int) -> int:
@@ -37,9 +39,12 @@ async def test_a_thousand_clients_vanishing_mid_request_leak_nothing(database_ur
     proxy, dsn = postgres_proxy(database_url)
     async with proxy:
         gateway = await start_gateway(
-            DATABASE_URL=dsn.format(port=proxy.port), DB_POOL_MAX_SIZE="16",
-            DB_ACQUIRE_TIMEOUT="30", DB_STATEMENT_TIMEOUT="30", **NO_CACHES,
-        )  # fmt: skip
+            DATABASE_URL=dsn.format(port=proxy.port),
+            DB_POOL_MAX_SIZE="16",
+            DB_ACQUIRE_TIMEOUT="30",
+            DB_STATEMENT_TIMEOUT="30",
+            **NO_CACHES,
+        )
         async with Load(gateway.url, seeded.paths(), seeded.auth, concurrency=0) as probe:
             assert (await probe.one(seeded.paths()[0])).status == 307
         pool = 'gateway_db_pool_connections{state="open"}'
@@ -52,11 +57,14 @@ async def test_a_thousand_clients_vanishing_mid_request_leak_nothing(database_ur
 
         paths = seeded.paths()
         for batch in range(10):
-            await asyncio.gather(*(
-                asyncio.to_thread(request_and_vanish, gateway.port, paths[i % len(paths)],
-                                  seeded.token)
-                for i in range(batch * 100, batch * 100 + 100)
-            ))  # fmt: skip
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(
+                        request_and_vanish, gateway.port, paths[i % len(paths)], seeded.token
+                    )
+                    for i in range(batch * 100, batch * 100 + 100)
+                )
+            )
         proxy.delay = 0
 
         async def settled():
@@ -74,8 +82,9 @@ async def test_a_thousand_clients_vanishing_mid_request_leak_nothing(database_ur
             assert (await probe.one(seeded.paths()[1])).status == 307
         # Nothing above DEBUG but the access log's INFO lines (aiohttp notes each lost
         # client at DEBUG).
-        assert [line for line in gateway.json_lines()
-                if line["level"] not in ("debug", "info")] == []  # fmt: skip
+        assert [
+            line for line in gateway.json_lines() if line["level"] not in ("debug", "info")
+        ] == []
 
 
 async def test_sigterm_under_load_finishes_every_request_in_flight(database_url, start_gateway):
@@ -83,10 +92,13 @@ async def test_sigterm_under_load_finishes_every_request_in_flight(database_url,
     proxy, dsn = postgres_proxy(database_url)
     async with proxy:
         gateway = await start_gateway(
-            DATABASE_URL=dsn.format(port=proxy.port), DB_POOL_MAX_SIZE="8",
-            DB_ACQUIRE_TIMEOUT="10", DB_STATEMENT_TIMEOUT="10", SHUTDOWN_GRACE_SECONDS="8",
+            DATABASE_URL=dsn.format(port=proxy.port),
+            DB_POOL_MAX_SIZE="8",
+            DB_ACQUIRE_TIMEOUT="10",
+            DB_STATEMENT_TIMEOUT="10",
+            SHUTDOWN_GRACE_SECONDS="8",
             **NO_CACHES,
-        )  # fmt: skip
+        )
         async with Load(gateway.url, seeded.paths(), seeded.auth, concurrency=0) as load:
             assert (await load.one(seeded.paths()[0])).status == 307
             proxy.delay = 0.3  # each query now takes at least 0.6 s

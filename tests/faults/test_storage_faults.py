@@ -12,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from service.devstack.ports import free_port
-from tests.faults.conftest import error_lines, eventually, metric, seed
-from tests.http import assert_problem
+from tests.support.http import assert_problem
+from tests.support.load import seed
+from tests.support.processes import error_lines, metric
+from tests.support.waiting import eventually
 
 
 def credential_process_config(tmp_path, seaweed, lifetimes):

@@ -1,4 +1,5 @@
-"""Helpers that talk HTTP to the test server, including bytes no client library would send."""
+"""Helpers that talk HTTP: to the test server, including bytes no client library would send,
+and to storage, with a presigned URL exactly as it was handed out."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
+
+import aiohttp
+from yarl import URL
 
 PROBLEM_KEYS = ["error", "message", "code", "problem", "request_id"]
 
@@ -49,3 +53,10 @@ def assert_problem(status: int, body: bytes, problem: str) -> dict[str, Any]:
     assert payload["code"] == status
     assert payload["problem"] == problem
     return payload  # type: ignore[no-any-return]
+
+
+async def fetch(location: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    """Follow a presigned URL byte for byte (no re-quoting): status, body, headers."""
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, URL(location, encoded=True)) as response:
+            return response.status, await response.read(), dict(response.headers)

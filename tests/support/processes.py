@@ -16,8 +16,10 @@ from service.devstack.ports import free_port
 
 
 class Gateway:
-    def __init__(self, env: dict[str, str], *args: str, log: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], *args: str, log: Path, port: int | None = None) -> None:
+        # Built with tests.support.environment: never a chance at the metadata address.
+        assert env.get("AWS_EC2_METADATA_DISABLED") == "true", "use process_env/gateway_env"
+        self.port = port or free_port()
         self.log = log
         with log.open("wb") as output:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
@@ -50,3 +52,17 @@ class Gateway:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(20)
+
+
+async def metric(gateway: Gateway, name: str) -> float:
+    """One sample of the gateway's /metrics, by its full name with labels."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def error_lines(gateway: Gateway) -> list[dict[str, object]]:
+    return [line for line in gateway.json_lines() if line["level"] in ("error", "critical")]

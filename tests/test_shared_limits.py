@@ -1,0 +1,127 @@
+"""Rate limits shared across replicas through a real redis-server (RATE_LIMIT_BACKEND=redis):
+the cluster spends from one bucket, the 429's fields come from it, and when Redis is down
+or slow each replica falls back to its own buckets at once, never a 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import subprocess
+import time
+from dataclasses import replace
+
+import pytest
+
+from service.core.tokens import generate_token
+from service.devstack.redis_server import REDIS_SERVER, redis_available, run_redis
+from service.web.app import create_app
+from service.web.limits import RATE_LIMITS
+from tests.support.rate_limits import assert_rate_limited, download
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not redis_available(), reason="redis-server is not installed"),
+]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    with run_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def replicas(serve_app, settings, redis_server, make_tenant, make_attachment):
+    """Two gateways on one Redis (as two replicas behind a balancer), a tenant, a file."""
+
+    async def start(count=2, **limits):
+        shared = replace(settings, rate_limit_backend="redis", redis_url=redis_server.url, **limits)
+        clients = [await serve_app(create_app(shared)) for _ in range(count)]
+        tenant = await make_tenant()
+        return clients, tenant, await make_attachment(tenant.workspace_id)
+
+    return start
+
+
+async def test_two_replicas_spend_one_key_bucket(replicas):
+    (first, second), tenant, attachment_id = await replicas(
+        rate_limit_per_key=0.5, rate_limit_burst_per_key=6
+    )
+    for client in (first, second) * 3:  # round robin: 3 each, 6 in all
+        assert (await download(client, attachment_id, tenant.auth()))[0].status == 307
+    for client in (first, second):  # local buckets would still hold 3 each
+        response, body = await download(client, attachment_id, tenant.auth())
+        assert_rate_limited(response, body, "key", quota=6)
+        assert int(response.headers["Retry-After"]) == 2  # one token at 0.5 per second
+
+
+async def test_two_replicas_spend_one_workspace_bucket(replicas):
+    (first, second), tenant, attachment_id = await replicas(
+        rate_limit_per_workspace=0.5, rate_limit_burst_per_workspace=4
+    )
+    for client, scope in ((first, "read"), (second, "write"), (first, "write"), (second, "read")):
+        assert (await download(client, attachment_id, tenant.auth(scope)))[0].status == 307
+    response, body = await download(first, attachment_id, tenant.auth("write"))
+    assert_rate_limited(response, body, "workspace", quota=4)
+
+
+async def test_guesses_on_any_replica_count_against_the_address_everywhere(replicas):
+    (first, second), tenant, attachment_id = await replicas(
+        failed_auth_per_address=0.2, failed_auth_burst_per_address=6
+    )
+    for client in (first, second) * 3:
+        guess = {"Authorization": f"Bearer {generate_token()}"}
+        assert (await download(client, attachment_id, guess))[0].status == 401
+    for client in (first, second):  # a right guess now is refused like a wrong one
+        response, body = await download(client, attachment_id, tenant.auth())
+        assert_rate_limited(response, body, "failed-auth", quota=6)
+        guess = {"Authorization": f"Bearer {generate_token()}"}
+        response, body = await download(client, attachment_id, guess)
+        assert_rate_limited(response, body, "failed-auth", quota=6)
+
+
+async def test_a_redis_that_is_down_means_local_limits_at_once_then_shared_again(
+    replicas, redis_server, caplog
+):
+    (first,), tenant, attachment_id = await replicas(
+        count=1, rate_limit_per_key=0.5, rate_limit_burst_per_key=100
+    )
+    assert (await download(first, attachment_id, tenant.auth()))[0].status == 307
+    redis_server.stop()
+    with caplog.at_level(logging.INFO, logger="service.data.shared_limits"):
+        started = time.monotonic()
+        for _ in range(20):
+            response, _ = await download(first, attachment_id, tenant.auth())
+            assert response.status == 307
+        assert time.monotonic() - started < 2  # no request waits long on a Redis that is gone
+        metrics = await (await first.get("/metrics")).text()
+        assert "gateway_rate_limit_shared 0.0" in metrics
+        assert re.search(r"^gateway_rate_limit_fallbacks_total [1-9]", metrics, re.M)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "local limits" in warnings[0].getMessage()
+        redis_server.start()
+        await asyncio.sleep(1.2)  # the retry interval
+        assert (await download(first, attachment_id, tenant.auth()))[0].status == 307
+        assert first.app[RATE_LIMITS].shared.up
+        assert any("cluster-wide" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_redis_that_is_slow_means_local_limits_within_the_timeout(replicas, redis_server):
+    (first,), tenant, attachment_id = await replicas(
+        count=1, rate_limit_per_key=0.5, rate_limit_burst_per_key=2, redis_timeout_seconds=0.1
+    )
+    for _ in range(2):
+        assert (await download(first, attachment_id, tenant.auth()))[0].status == 307
+    # Redis busy for 2 s: every answer within the timeout, and the local bucket, still
+    # full, admits; never a 5xx.
+    cli = REDIS_SERVER.replace("redis-server", "redis-cli")
+    sleeper = subprocess.Popen([cli, "-p", str(redis_server.port), "DEBUG", "SLEEP", "2"])
+    try:
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        response, _ = await download(first, attachment_id, tenant.auth())
+        assert response.status == 307
+        assert time.monotonic() - started < 0.5
+    finally:
+        sleeper.wait(10)
