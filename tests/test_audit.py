@@ -195,7 +195,9 @@ async def test_rows_queued_during_a_flush_wait_for_the_next_and_none_is_written_
     """A flush writes what was queued when it began (chasing rows that arrive meanwhile
     would run one small COPY after another under load); a second flush at the same time
     (shutdown's, beside the run loop's) waits for the first rather than COPY its rows."""
-    trail = AuditTrail(pool, queue_size=50_000, flush_seconds=1)
+    # Room for every row that arrives meanwhile (10 a loop turn, however long Postgres
+    # takes): a drop from a full queue is another test's subject.
+    trail = AuditTrail(pool, queue_size=10_000_000, flush_seconds=1)
     workspace = uuid.uuid4()
     record_downloads(trail, workspace, 12_000)  # two COPYs, a turn of the loop between chunks
     recorded = 12_000
