@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from service.devstack.demo import DEMO_BODY
 from service.devstack.ports import free_port
@@ -53,6 +54,27 @@ async def download(url: str, token: str) -> tuple[int, bytes]:
             return response.status, await response.read()
 
 
+async def assert_pages_may_call_and_read(url: str, token: str) -> None:
+    """CORS on both hops: the gateway allows any origin, and the bucket's rule lets a page
+    read the object its 307 leads to (a redirected fetch sends `Origin: null`)."""
+    preflight = {
+        "Origin": "http://127.0.0.1:5173",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.options(url, headers=preflight) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+        headers = {"Authorization": f"Bearer {token}", "Origin": preflight["Origin"]}
+        async with session.get(url, headers=headers, allow_redirects=False) as response:
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            location = URL(response.headers["Location"], encoded=True)
+        async with session.get(location, headers={"Origin": "null"}) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] in ("*", "null")
+
+
 def stop(process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGINT)  # what Ctrl-C sends
     return process.wait(30)
@@ -78,6 +100,7 @@ async def test_dev_stack_serves_the_demo_file_reuses_it_and_leaves_nothing_behin
         token, url = first.groups()
         # What the printed curl -L does: follow the 307 to the embedded S3.
         assert await download(url, token) == (200, DEMO_BODY)
+        await assert_pages_may_call_and_read(url, token)
     finally:
         assert stop(process) == 0
     assert processes_using(tmp_path / ".dev") == []

@@ -127,14 +127,15 @@ def test_document_is_pretty_printed_with_two_spaces() -> None:
     assert TEXT == json.dumps(DOCUMENT, indent=2, ensure_ascii=False) + "\n"
 
 
-def test_only_the_attachment_operations_need_a_key() -> None:
+def test_only_the_attachment_operations_need_a_key_and_preflights_do_not() -> None:
     assert DOCUMENT["security"] == []
     scheme = DOCUMENT["components"]["securitySchemes"]["apiKey"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     for path, item in DOCUMENT["paths"].items():
         for method in HTTP_METHODS:
             if method in item:
-                expected = [{"apiKey": []}] if path.startswith("/api/v1/attachments") else None
+                needs_key = path.startswith("/api/v1/attachments") and method != "options"
+                expected = [{"apiKey": []}] if needs_key else None
                 assert item[method].get("security") == expected, (method, path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -18,6 +19,10 @@ DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 MAX_PRESIGN_EXPIRES_SECONDS = 604_800
 # S3 takes at most 5 GiB in one PUT.
 MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+# CORS_ALLOWED_ORIGINS's value for "every origin".
+ANY_ORIGIN = "*"
+# An origin as browsers serialize it: scheme, host and an optional port, nothing more.
+_ORIGIN = re.compile(r"https?://[a-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -83,6 +88,10 @@ class Settings:
     audit_retention_days: int = 400
     # Comma-separated addresses or networks whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
+    # Browser pages allowed to call /api/v1 (comma-separated origins, or "*"); empty: CORS off.
+    cors_allowed_origins: str = ""
+    # How long a browser may reuse a preflight's answer, in seconds.
+    cors_max_age: int = 7200
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -132,6 +141,12 @@ class Settings:
             _networks(self.trusted_proxies)
         except ValueError:
             raise SettingsError("TRUSTED_PROXIES must be addresses or networks") from None
+        try:
+            _origins(self.cors_allowed_origins)
+        except ValueError as bad:
+            raise SettingsError(f"CORS_ALLOWED_ORIGINS: {bad}") from None
+        if self.cors_max_age < 0:
+            raise SettingsError("CORS_MAX_AGE must be 0 or more")
         if self.audit_queue_size < 1 or self.audit_flush_seconds <= 0:
             raise SettingsError("AUDIT_QUEUE_SIZE and AUDIT_FLUSH_SECONDS must be positive")
         if self.audit_retention_days < 1:
@@ -157,6 +172,11 @@ class Settings:
     @property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return _networks(self.trusted_proxies)
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        """The allowed origins, lowercased; {ANY_ORIGIN} for all, empty when CORS is off."""
+        return _origins(self.cors_allowed_origins)
 
     @property
     def direct_database_url(self) -> str:
@@ -216,3 +236,14 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
 @lru_cache(maxsize=8)
 def _networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip())
+
+
+@lru_cache(maxsize=8)
+def _origins(spec: str) -> frozenset[str]:
+    origins = frozenset(part.strip().lower() for part in spec.split(",") if part.strip())
+    if ANY_ORIGIN in origins and len(origins) > 1:
+        raise ValueError('"*" stands alone')
+    for origin in origins - {ANY_ORIGIN}:
+        if not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com[:port]")
+    return origins

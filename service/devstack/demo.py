@@ -29,6 +29,21 @@ from ..data.admin import (
 from ..data.pool import connect
 from ..storage.client import BUCKET_ALREADY_THERE, internal_client
 
+# The demo bucket lets any page read its objects through their presigned URLs, so a
+# browser `fetch` that follows the gateway's 307 can read the bytes (docs/api.md, "From a
+# browser"). The URL is still the credential: CORS only lets a page see what it fetched.
+BROWSER_CORS = {
+    "CORSRules": [
+        {
+            "AllowedOrigins": ["*"],
+            "AllowedMethods": ["GET", "HEAD"],
+            "AllowedHeaders": ["*"],
+            "ExposeHeaders": ["Content-Disposition", "Content-Length", "Content-Type", "ETag"],
+            "MaxAgeSeconds": 7200,
+        }
+    ]
+}
+
 DEMO_FILENAME = "hello-gateway.txt"
 DEMO_BODY = b"Hello from attachments-gateway!\nThis file came from S3 through a presigned URL.\n"
 
@@ -125,6 +140,7 @@ async def _attachment(
         except ClientError as exc:
             if exc.response["Error"]["Code"] not in BUCKET_ALREADY_THERE:
                 raise
+        await s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=BROWSER_CORS)
         if known and (row := await live_attachment(conn, uuid.UUID(known), workspace_id)):
             try:
                 await s3.head_object(Bucket=row["bucket"], Key=row["object_key"])

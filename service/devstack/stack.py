@@ -47,6 +47,8 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
             s3_endpoint_url=s3.endpoint_url,
             s3_region=s3.region,
             port=port,
+            # Any page may call the dev gateway (docs/api.md, "From a browser").
+            cors_allowed_origins="*",
         )
         asyncio.run(apply_migrations(settings.direct_database_url, settings.migrations_dir))
         demo = asyncio.run(ensure_demo(settings, dev_dir / "demo.json"))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..core.settings import Settings
 from . import attachments
+from .api_docs import OPENAPI_PATH, docs_handlers
 from .audit import audit_context
 from .auth import DOWNLOAD_ROUTE, PUBLIC_PATHS, auth_middleware
 from .caches import CACHES, create_caches, invalidation_context
 from .config import SETTINGS, Handler
+from .cors import CorsPolicy, cors_middleware
 from .database import attachment_lookups_context, database_context
 from .downloads import download
 from .errors import error_middleware
@@ -25,9 +28,13 @@ from .usage import key_usage_context
 
 def create_app(settings: Settings) -> web.Application:
     install_log_safety()
-    # Order matters: the error middleware is outermost so that every failure,
-    # authentication's included, is rendered as a problem with the same headers.
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    # Order matters: the error middleware is outside authentication so that every
+    # failure, authentication's included, is rendered as a problem with the same headers;
+    # CORS is outside both, so a preflight never meets them and errors carry its headers.
+    middlewares: list[Middleware] = [error_middleware, auth_middleware]
+    if settings.cors_origins:
+        middlewares.insert(0, cors_middleware(CorsPolicy(settings)))
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
     app[CACHES] = create_caches(settings)
     app[METRICS] = create_metrics(app)
@@ -60,7 +67,8 @@ def create_app(settings: Settings) -> web.Application:
     public: dict[str, Handler] = {
         "/healthz": healthz,
         "/readyz": readyz,
-        "/api/v1/openapi.json": openapi_handler(),
+        OPENAPI_PATH: openapi_handler(),
+        **docs_handlers(),
     }
     if settings.metrics_port is None:
         public["/metrics"] = metrics_handler

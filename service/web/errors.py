@@ -27,14 +27,14 @@ from .request_ids import REQUEST_ID, request_id_of
 
 log = logging.getLogger(__name__)
 
-# Sent on every response: nothing here may be cached (404s are heuristically
-# cacheable, and a redirect holds a credential), leak the URL through Referer,
-# or be content-sniffed.
+# Sent on every response: nothing here may leak the URL through Referer or be
+# content-sniffed, or be cached (404s are heuristically cacheable, and a redirect holds
+# a credential) unless its handler says otherwise, as the API page's assets do.
 SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
+CACHING = "no-store"
 
 
 AUTH_PROBLEMS = frozenset({"unauthorized", "forbidden", "insufficient_scope"})
@@ -64,8 +64,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
         response = render_for(request, Problem("internal_error"))
-    response.headers.update(SECURITY_HEADERS)
-    response.headers["X-Request-ID"] = request_id
+    headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    headers.setdefault("Cache-Control", CACHING)
+    headers["X-Request-ID"] = request_id
     metrics.counts.count_request(
         route_label(request), request.method, response.status, time.perf_counter() - started
     )

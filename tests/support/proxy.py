@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from urllib.parse import parse_qs, urlsplit
 
+import yarl
+
 
 class LatencyProxy:
     """Forwards 127.0.0.1:<port> to a TCP or Unix-socket target, holding each chunk
@@ -77,3 +79,54 @@ def postgres_proxy(dsn: str, delay: float = 0.0) -> tuple[LatencyProxy, str]:
         proxy = LatencyProxy(parts.hostname or "127.0.0.1", port, delay)
     user = parts.username or "postgres"
     return proxy, f"postgresql://{user}@127.0.0.1:{{port}}{parts.path}"
+
+
+class RecordingHttpProxy:
+    """An HTTP reverse proxy in front of an S3 endpoint that remembers each request's
+    headers: what a client sent on after the redirect. The Host header and the raw
+    path and query are passed on unchanged, so presigned signatures still verify."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.url = ""
+        self._runner: object = None
+
+    async def __aenter__(self) -> RecordingHttpProxy:
+        import aiohttp
+        from aiohttp import web
+
+        session = aiohttp.ClientSession(auto_decompress=False)
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            self.requests.append((request.method, request.path, dict(request.headers)))
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "connection"}
+            async with session.request(
+                request.method,
+                yarl.URL(self.target + request.raw_path, encoded=True),
+                headers=headers,
+                data=await request.read() or None,
+                allow_redirects=False,
+            ) as upstream:
+                body = await upstream.read()
+                passed = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
+                }
+                return web.Response(status=upstream.status, headers=passed, body=body)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        app.on_cleanup.append(lambda _: session.close())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        self._runner = runner
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()  # type: ignore[attr-defined]
