@@ -34,28 +34,55 @@ def test_ttl_cache_is_lru_and_expires(monkeypatch):
     assert TTLCache(size=0, ttl=10).get("x") is MISSING
 
 
-def test_an_entry_is_refreshed_by_one_caller_while_the_others_keep_it(monkeypatch):
+def test_an_entry_due_is_still_served_and_queued_once_for_the_refresher(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     cache = TTLCache(size=10, ttl=10, lease=2)
     cache.put("k", "old")
+    assert cache.get("k") == "old" and cache.take_due() == []
     clock[0] += 8.5  # within the last 2 s of its TTL
-    assert cache.get("k") is MISSING  # the one caller that refreshes
-    assert [cache.get("k") for _ in range(3)] == ["old"] * 3  # everyone else, meanwhile
-    cache.put("k", "new")
+    assert [cache.get("k") for _ in range(3)] == ["old"] * 3  # nobody waits for it
+    assert cache.take_due() == ["k"] and cache.take_due() == []  # queued once
+    assert cache.peek("k") == "old"
+    cache.put("k", "new")  # the refresher's answer
     assert cache.get("k") == "new"
     # Never served past its TTL: not refreshed in time, the entry is gone for everyone.
     clock[0] += 8.5
-    assert cache.get("k") is MISSING
-    assert cache.get("k") == "new"
+    assert cache.get("k") == "new" and cache.take_due() == ["k"]
     clock[0] += 1.6  # 10.1 s after it was stored
-    assert cache.get("k") is MISSING and cache.get("k") is MISSING
-    # An invalidation removes a leased entry at once.
+    assert cache.get("k") is MISSING and cache.peek("k") is MISSING
+    # An invalidation removes an entry that is due at once.
     cache.put("j", "value")
     clock[0] += 9
-    assert cache.get("j") is MISSING
+    assert cache.get("j") == "value"
     cache.pop("j")
     assert cache.get("j") is MISSING
+    cache.clear()
+    assert cache.take_due() == []
+
+
+async def test_entries_are_renewed_in_the_background_before_they_expire(
+    serve_app, settings, make_tenant, make_attachment
+):
+    client = await serve_app(create_app(replace(settings, cache_ttl_seconds=2.5)))
+    caches = client.app[CACHES]
+    await eventually(lambda: caches.live)
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    url = f"/api/v1/attachments/{attachment_id}/download"
+
+    async def download():
+        response = await client.get(url, headers=tenant.auth(), allow_redirects=False)
+        assert response.status == 307
+
+    await download()  # looked up and cached
+    misses = (caches.keys.misses, caches.attachments.misses)
+    await asyncio.sleep(1.9)  # in the last third of its 2.5 s TTL
+    await download()  # served from the caches, and due
+    await asyncio.sleep(1.2)  # past the first TTL: only a renewed entry is still there
+    await download()
+    assert (caches.keys.misses, caches.attachments.misses) == misses
+    assert caches.keys.hits >= 2 and caches.attachments.hits >= 2
 
 
 async def status_of(url, token, method="GET"):

@@ -30,20 +30,23 @@ Miss = Literal[Missing.MISSING]
 class TTLCache(Generic[K, V]):
     """An LRU map whose entries also expire `ttl` seconds after they were stored.
 
-    With a `lease`, an entry is refreshed by one caller before it expires, not by all
-    at once when it does: the first `get` in its last `lease` seconds misses (and should
-    look the value up and `put` it) while everyone else is still served the entry, never
-    past its TTL. Without it, every request that hits a popular entry in the instant it
-    expires goes to the database together: at 1,024 connections that herd queued past the
-    pool's acquire timeout.
+    With a `lease`, an entry is refreshed before it expires, in the background: the first
+    `get` in its last `lease` seconds is still served the entry and puts its key on `due`,
+    once, for a refresher to look up and `put` again (web/caches.py). No request waits for
+    a refresh: at saturation a request that waits on anything waits a whole turn of the
+    event loop behind every other connection, and those were the slowest percent. Nor do
+    all the requests for a popular entry go to the database together when it expires (at
+    1,024 connections that herd queued past the pool's acquire timeout). An entry the
+    refresher did not renew is never served past its TTL.
     """
 
     def __init__(self, size: int, ttl: float, lease: float = 0.0) -> None:
         self.size = size
         self.ttl = ttl
         self.lease = lease
-        # key -> (expires at, value, already leased)
+        # key -> (expires at, value, already due)
         self._entries: OrderedDict[K, tuple[float, V, bool]] = OrderedDict()
+        self.due: list[K] = []
         self.hits = 0
         self.misses = 0
 
@@ -51,18 +54,30 @@ class TTLCache(Generic[K, V]):
         """The value, or MISSING."""
         entry = self._entries.get(key)
         if entry is not None:
-            expires, value, leased = entry
+            expires, value, due = entry
             now = time.monotonic()
-            if now >= expires:
-                del self._entries[key]
-            elif leased or now < expires - self.lease:
+            if now < expires:
+                if not due and now >= expires - self.lease:
+                    self._entries[key] = (expires, value, True)
+                    self.due.append(key)
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return value
-            else:  # this caller refreshes it; the others keep the value meanwhile
-                self._entries[key] = (expires, value, True)
+            del self._entries[key]
         self.misses += 1
         return MISSING
+
+    def peek(self, key: K) -> V | Miss:
+        """The value if it has not expired, without counting or reordering anything."""
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() >= entry[0]:
+            return MISSING
+        return entry[1]
+
+    def take_due(self) -> list[K]:
+        """The keys due for a refresh since the last call."""
+        due, self.due = self.due, []
+        return due
 
     def put(self, key: K, value: V) -> None:
         if self.size <= 0:
@@ -77,6 +92,7 @@ class TTLCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._entries.clear()
+        self.due.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -10,7 +10,7 @@ from . import attachments
 from .api_docs import OPENAPI_PATH, docs_handlers
 from .audit import audit_context
 from .auth import DOWNLOAD_ROUTE, PUBLIC_PATHS, auth_middleware
-from .caches import CACHES, create_caches, invalidation_context
+from .caches import CACHES, create_caches, invalidation_context, refresh_context
 from .config import SETTINGS, Handler
 from .cors import CorsPolicy, cors_middleware
 from .database import attachment_lookups_context, database_context
@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(shared_limits_context)
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
+    app.cleanup_ctx.append(refresh_context)
     app.cleanup_ctx.append(flush_logs_context)
 
     # add_get also answers HEAD, presigned separately for head_object.

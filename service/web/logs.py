@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -24,23 +25,33 @@ _CONTEXT_FIELDS = (
 )
 
 
-class JsonFormatter(logging.Formatter):
+class _SecondClock:
+    """ISO 8601 UTC with milliseconds; the part up to the second is made once a second."""
+
     def __init__(self) -> None:
-        super().__init__()
         self._second = -1
         self._second_text = ""
 
-    def _time(self, created: float) -> str:
-        """ISO 8601 UTC with milliseconds; the part up to the second is made once a second."""
+    def text(self, created: float) -> str:
         second = int(created)
         if second != self._second:
             self._second = second
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
+
+_CLOCK = _SecondClock()
+
+
+def log_time(created: float | None = None) -> str:
+    """A log line's time: `created` (a LogRecord's), or now."""
+    return _CLOCK.text(time.time() if created is None else created)
+
+
+class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": self._time(record.created),
+            "time": log_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -68,6 +79,14 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """An INFO line made elsewhere (the access log's), buffered like emit's."""
+        with self.lock:  # type: ignore[union-attr]  # other threads log too
+            try:
+                self.stream.write(line + "\n")
+            except (OSError, ValueError):
+                pass  # a closed or broken stdout: logging would drop the line as well
 
 
 FLUSH_INTERVAL = 0.25
