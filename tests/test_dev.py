@@ -56,7 +56,8 @@ async def download(url: str, token: str) -> tuple[int, bytes]:
 
 async def assert_pages_may_call_and_read(url: str, token: str) -> None:
     """CORS on both hops: the gateway allows any origin, and the bucket's rule lets a page
-    read the object its 307 leads to (a redirected fetch sends `Origin: null`)."""
+    read the object its 307 leads to (a redirected fetch sends `Origin: null`); and the
+    API page."""
     preflight = {
         "Origin": "http://127.0.0.1:5173",
         "Access-Control-Request-Method": "GET",
@@ -73,6 +74,9 @@ async def assert_pages_may_call_and_read(url: str, token: str) -> None:
         async with session.get(location, headers={"Origin": "null"}) as response:
             assert response.status == 200
             assert response.headers["Access-Control-Allow-Origin"] in ("*", "null")
+        # The API page the banner names, without a key.
+        async with session.get(url.split("/api/v1/")[0] + "/api/v1/docs") as response:
+            assert response.status == 200 and response.content_type == "text/html"
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:

@@ -56,6 +56,7 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
         banner = (
             "\nattachments-gateway dev stack\n"
             f"  gateway     {base_url}\n"
+            f"  api page    {base_url}/api/v1/docs\n"
             f"  postgres    {database_url}\n"
             f"  s3          {s3.endpoint_url} ({kind})\n"
             f"  workspace   {demo.workspace_id}\n"
