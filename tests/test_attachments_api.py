@@ -7,14 +7,19 @@ import io
 import json
 import re
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from service.core.disposition import content_disposition
 from service.data.admin import register_attachment
+from service.web.app import create_app
+from service.web.caches import CACHES
 from tests.support.http import assert_problem, fetch
 from tests.support.storage import BUCKET
+from tests.support.waiting import eventually
 
 ATTACHMENT_FIELDS = ["id", "filename", "content_type", "size_bytes", "status", "created_at"]
 RFC3339_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -456,6 +461,140 @@ async def test_another_tenant_cannot_confirm_or_delete(client, conn, make_tenant
         uuid.UUID(created["id"]),
     )
     assert (row["upload_pending"], row["deleted_at"]) == (True, None)
+
+
+# --- metadata edits -------------------------------------------------------------------
+
+
+def signed_response_headers(location):
+    """The Content-Disposition and Content-Type a presigned URL asks S3 to send."""
+    query = parse_qs(urlsplit(location).query)
+    return query["response-content-disposition"][0], query["response-content-type"][0]
+
+
+async def test_patch_renames_and_retypes_and_the_next_url_says_so(
+    client, make_tenant, make_attachment
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, filename="draft.txt")
+    path = f"/api/v1/attachments/{attachment_id}"
+    # Cached (attachment and URL) by a download first: the edit must not wait for NOTIFY.
+    for _ in range(2):
+        response, _ = await call(client, "GET", f"{path}/download", tenant.auth())
+        assert response.status == 307
+    old_location = response.headers["Location"]
+
+    edit = {"filename": "Q3 report (final).pdf", "content_type": "application/pdf"}
+    response, raw = await call(client, "PATCH", path, tenant.auth("write"), json=edit)
+    assert response.status == 200, raw
+    changed = json.loads(raw)
+    assert list(changed) == ATTACHMENT_FIELDS
+    assert (changed["filename"], changed["content_type"]) == (
+        edit["filename"],
+        edit["content_type"],
+    )
+    response, raw = await call(client, "GET", path, tenant.auth())
+    assert json.loads(raw) == changed
+
+    response, _ = await call(client, "GET", f"{path}/download", tenant.auth())
+    assert response.headers["Location"] != old_location  # never the URL signed before
+    assert signed_response_headers(response.headers["Location"]) == (
+        content_disposition(edit["filename"]),
+        "application/pdf",
+    )
+    status, _, headers = await fetch(response.headers["Location"])  # S3 agrees, signed
+    assert status == 200 and headers["Content-Type"] == "application/pdf"
+    assert headers["Content-Disposition"] == content_disposition(edit["filename"])
+
+    # One member alone changes only itself.
+    response, raw = await call(
+        client, "PATCH", path, tenant.auth("write"), json={"content_type": "text/plain"}
+    )
+    assert (json.loads(raw)["filename"], json.loads(raw)["content_type"]) == (
+        edit["filename"],
+        "text/plain",
+    )
+
+
+async def test_an_edit_reaches_the_other_instances_caches(
+    serve_app, settings, make_tenant, make_attachment
+):
+    first = await serve_app(create_app(settings))
+    second = await serve_app(create_app(settings))
+    for instance in (first, second):
+        await eventually(lambda instance=instance: instance.app[CACHES].live)
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, filename="old.txt")
+    download = f"/api/v1/attachments/{attachment_id}/download"
+    response, _ = await call(second, "GET", download, tenant.auth())  # cached there
+    assert "old.txt" in signed_response_headers(response.headers["Location"])[0]
+    response, _ = await call(
+        first,
+        "PATCH",
+        f"/api/v1/attachments/{attachment_id}",
+        tenant.auth("write"),
+        json={"filename": "new.txt"},
+    )
+    assert response.status == 200
+
+    async def renamed_there():
+        response, _ = await call(second, "GET", download, tenant.auth())
+        return "new.txt" in signed_response_headers(response.headers["Location"])[0]
+
+    await eventually(renamed_there, timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({}, "body"),
+        ({"filename": "a.txt", "size_bytes": 3}, "body"),
+        ({"name": "a.txt"}, "body"),
+        ({"filename": ""}, "filename"),
+        ({"filename": "a\nb.txt"}, "filename"),
+        ({"filename": None}, "filename"),
+        ({"content_type": "not a type"}, "content_type"),
+        ([], "body"),
+    ],
+)
+async def test_bad_edits_are_400_and_change_nothing(
+    client, make_tenant, make_attachment, body, reason
+):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, filename="kept.txt")
+    path = f"/api/v1/attachments/{attachment_id}"
+    response, raw = await call(client, "PATCH", path, tenant.auth("write"), json=body)
+    assert_problem(response.status, raw, "invalid_request")
+    response, raw = await call(client, "GET", path, tenant.auth())
+    assert json.loads(raw)["filename"] == "kept.txt"
+
+
+async def test_edits_of_pending_deleted_foreign_or_read_keyed_attachments_are_refused(
+    client, make_tenant, make_attachment
+):
+    tenant, other = await make_tenant(), await make_tenant()
+    edit = {"filename": "x.txt"}
+    _, pending = await new_attachment(client, tenant)
+    response, raw = await call(
+        client, "PATCH", f"/api/v1/attachments/{pending['id']}", tenant.auth("write"), json=edit
+    )
+    assert_problem(response.status, raw, "upload_pending")
+    assert response.headers["Retry-After"] == "5"
+
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}"
+    response, raw = await call(client, "PATCH", path, other.auth("write"), json=edit)
+    assert_problem(response.status, raw, "not_found")
+    response, raw = await call(client, "PATCH", path, tenant.auth("read"), json=edit)
+    assert_problem(response.status, raw, "insufficient_scope")
+    response, _ = await call(client, "DELETE", path, tenant.auth("write"))
+    assert response.status == 204
+    response, raw = await call(client, "PATCH", path, tenant.auth("write"), json=edit)
+    assert_problem(response.status, raw, "not_found")
+    response, raw = await call(
+        client, "PATCH", "/api/v1/attachments/not-a-uuid", tenant.auth("write"), json=edit
+    )
+    assert_problem(response.status, raw, "not_found")
 
 
 # --- deletion -------------------------------------------------------------------------

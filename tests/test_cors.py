@@ -65,7 +65,7 @@ async def cors_client(serve_app, settings):
     [
         ("/api/v1/attachments/{id}/download", "GET", {"get", "head"}),
         ("/api/v1/attachments", "POST", {"get", "head", "post"}),
-        ("/api/v1/attachments/{id}", "DELETE", {"get", "head", "delete"}),
+        ("/api/v1/attachments/{id}", "PATCH", {"get", "head", "delete", "patch"}),
         ("/api/v1/attachments/{id}/complete", "POST", {"post"}),
     ],
 )

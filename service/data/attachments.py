@@ -57,6 +57,15 @@ CONFIRM = f"""
     RETURNING {COLUMNS}
 """  # noqa: S608
 
+# A name or type left NULL stays as it is. Not while the upload is pending: its PUT URL
+# has the declared type signed into it.
+UPDATE = f"""
+    UPDATE attachments
+    SET filename = coalesce($3, filename), content_type = coalesce($4, content_type)
+    WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL AND NOT upload_pending
+    RETURNING {COLUMNS}
+"""  # noqa: S608
+
 # The one soft delete: by the API within the caller's workspace, by the operator's CLI
 # in any ($2 NULL). `attachments-gateway purge` removes the row and object later.
 SOFT_DELETE = """
@@ -125,6 +134,24 @@ async def confirm(
     if row is None:
         return await show(db, attachment_id, workspace_id)
     return row
+
+
+async def update(
+    db: Database,
+    attachment_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    filename: str | None,
+    content_type: str | None,
+) -> asyncpg.Record | None:
+    """The attachment with its new filename and/or content type; None (and unchanged)
+    while its upload is pending; NotFound if it is not the workspace's or is deleted."""
+    for _ in range(2):  # once more if the upload was confirmed in between
+        row = await db.fetchrow(UPDATE, attachment_id, workspace_id, filename, content_type)
+        if row is not None:
+            return row
+        if (await show(db, attachment_id, workspace_id))["upload_pending"]:
+            return None
+    raise AssertionError("an available attachment refused its update twice")
 
 
 async def soft_delete(db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID) -> None:

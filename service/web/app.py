@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/attachments", attachments.list_attachments)
     app.router.add_post("/api/v1/attachments", attachments.create)
     app.router.add_get("/api/v1/attachments/{id}", attachments.show, name="attachment")
+    app.router.add_patch("/api/v1/attachments/{id}", attachments.update)
     app.router.add_delete("/api/v1/attachments/{id}", attachments.delete)
     app.router.add_post("/api/v1/attachments/{id}/complete", attachments.complete)
     # Everything else needs an API key; these, and only these, are public.

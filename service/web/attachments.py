@@ -25,6 +25,7 @@ from .auth import PRINCIPAL
 from .caches import CACHES
 from .config import SETTINGS
 from .database import DATABASE
+from .downloads import UPLOAD_PENDING_RETRY_SECONDS
 from .problems import Problem
 from .storage import STORAGE
 
@@ -40,6 +41,7 @@ CURSOR = re.compile(r"([0-9]{1,17})\.([0-9a-f]{32})")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 NEW_ATTACHMENT_FIELDS = frozenset({"filename", "content_type", "size_bytes"})
+EDITABLE_FIELDS = frozenset({"filename", "content_type"})
 
 
 def attachment_json(row: Any) -> dict[str, Any]:
@@ -116,16 +118,19 @@ async def list_attachments(request: web.Request) -> web.Response:
     return web.json_response(body, headers=headers)
 
 
-async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str, int]:
-    """(filename, content_type, size_bytes) from the body, each checked as the columns
-    would (a CHECK violation must never be the first to notice)."""
+async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("body") from None
-    if not isinstance(data, dict) or not NEW_ATTACHMENT_FIELDS.issuperset(data):
+    if not isinstance(data, dict):
         raise InvalidRequest("body")
-    filename = data.get("filename")
+    return data
+
+
+def checked_filename(filename: Any) -> str:
+    """A file's name as the column would take it (a CHECK violation must never be the
+    first to notice)."""
     if (
         not isinstance(filename, str)
         or not 1 <= len(filename) <= MAX_FILENAME_CHARS
@@ -133,9 +138,23 @@ async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str,
         or not is_utf8(filename)
     ):
         raise InvalidRequest("filename")
-    content_type = data.get("content_type", DEFAULT_CONTENT_TYPE)
+    return filename
+
+
+def checked_content_type(content_type: Any) -> str:
     if not isinstance(content_type, str) or not is_media_type(content_type):
         raise InvalidRequest("content_type")
+    return content_type
+
+
+async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str, int]:
+    """(filename, content_type, size_bytes) from the body, each checked as the columns
+    would."""
+    data = await json_object(request)
+    if not NEW_ATTACHMENT_FIELDS.issuperset(data):
+        raise InvalidRequest("body")
+    filename = checked_filename(data.get("filename"))
+    content_type = checked_content_type(data.get("content_type", DEFAULT_CONTENT_TYPE))
     size = data.get("size_bytes")
     if isinstance(size, float) and size.is_integer():
         size = int(size)  # 669.0 is an integer to JSON Schema, so to us too
@@ -201,6 +220,29 @@ async def complete(request: web.Request) -> web.Response:
             raise Problem("upload_incomplete", reason="upload_size")
         row = await attachments.confirm(db, attachment_id, workspace_id, size)
         forget(request, attachment_id)
+    return web.json_response(attachment_json(row))
+
+
+async def update(request: web.Request) -> web.Response:
+    """PATCH /api/v1/attachments/{id}: a new filename and/or content type, under create's
+    rules. Every instance forgets the attachment (NOTIFY), so the next download's URL
+    carries them; a URL signed before is never handed out again."""
+    attachment_id = requested_id(request)
+    data = await json_object(request)
+    if not data or not EDITABLE_FIELDS.issuperset(data):
+        raise InvalidRequest("body")
+    filename = checked_filename(data["filename"]) if "filename" in data else None
+    content_type = checked_content_type(data["content_type"]) if "content_type" in data else None
+    row = await attachments.update(
+        request.app[DATABASE],
+        attachment_id,
+        request[PRINCIPAL].workspace_id,
+        filename,
+        content_type,
+    )
+    if row is None:
+        raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
+    forget(request, attachment_id)
     return web.json_response(attachment_json(row))
 
 
