@@ -5,6 +5,7 @@ API page at /api/v1/docs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -105,6 +106,15 @@ def fetch(url):
         return response.read()
 
 
+def exposed_headers(url):
+    """Whether the object store's answer to a redirected fetch exposes
+    Content-Disposition (the dev stack's rule does, SeaweedFS's default does not)."""
+    request = urllib.request.Request(url, headers={"Origin": "null"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        exposed = response.headers.get("Access-Control-Expose-Headers", "")
+    return "content-disposition" in exposed.lower()
+
+
 def access_lines(gateway, path):
     return [
         line
@@ -195,7 +205,10 @@ async def test_a_fetch_that_follows_the_redirect_reads_the_file_where_the_store_
     allowed, _ = pages
     tenant = await make_tenant()
     body = os.urandom(10_000)
-    attachment_id = await make_attachment(tenant.workspace_id, body, filename="notes.txt")
+    object_key = f"objects/{uuid.uuid4()}"
+    attachment_id = await make_attachment(
+        tenant.workspace_id, body, filename="notes.txt", key=object_key
+    )
     await asyncio.to_thread(driver.get, f"{allowed}/index.html")
     args = (gateway.url, tenant.read_token, str(attachment_id))
 
@@ -212,6 +225,12 @@ async def test_a_fetch_that_follows_the_redirect_reads_the_file_where_the_store_
     # The dev stack's rule (make dev and compose's seed give their bucket the same one).
     await asyncio.to_thread(s3.put_bucket_cors, Bucket=BUCKET, CORSConfiguration=BROWSER_CORS)
     try:
+        # SeaweedFS's S3 server learns a bucket's new configuration from its filer a
+        # moment later: until it answers with the rule, the browser would see the old one.
+        probe = await asyncio.to_thread(
+            s3.generate_presigned_url, "get_object", {"Bucket": BUCKET, "Key": object_key}
+        )
+        await eventually(lambda: asyncio.to_thread(exposed_headers, probe), timeout=10)
         result = await call(driver, "fetchFollowingTheRedirect", *args)
     finally:
         await asyncio.to_thread(s3.delete_bucket_cors, Bucket=BUCKET)
@@ -219,11 +238,38 @@ async def test_a_fetch_that_follows_the_redirect_reads_the_file_where_the_store_
     assert result["disposition"] == content_disposition("notes.txt")
 
 
-async def test_the_api_page_renders_from_its_own_origin_and_tries_a_download(
+def try_it_out(driver, operation_id, **parameters):
+    """Swagger UI's "Try it out" on one operation, with these parameter values (the
+    others as the page fills them, "" to clear one): (status, body text, request URL)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    wait = WebDriverWait(driver, 20)
+    operation = driver.find_element(By.ID, f"operations-attachments-{operation_id}")
+    if not operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"):
+        operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        wait.until(lambda _: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"))
+    operation.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
+    for name, value in parameters.items():
+        field = operation.find_element(By.CSS_SELECTOR, f"tr[data-param-name='{name}'] input")
+        field.send_keys(Keys.CONTROL, "a")  # over the document's example
+        field.send_keys(value or Keys.DELETE)
+    operation.find_element(By.CSS_SELECTOR, ".execute").click()
+    answer = wait.until(
+        lambda _: operation.find_elements(By.CSS_SELECTOR, ".live-responses-table .response")
+    )[0]
+    status = answer.find_element(By.CSS_SELECTOR, ".response-col_status").text.split()[0]
+    bodies = answer.find_elements(By.CSS_SELECTOR, ".response-col_description pre")
+    text = driver.execute_script("return arguments[0].textContent", bodies[0]) if bodies else ""
+    request_url = operation.find_element(By.CSS_SELECTOR, ".request-url pre").text
+    return int(status), text, request_url
+
+
+async def test_the_api_page_renders_from_its_own_origin_and_tries_every_route(
     gateway, browser, make_tenant, make_attachment
 ):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.wait import WebDriverWait
 
@@ -240,34 +286,29 @@ async def test_the_api_page_renders_from_its_own_origin_and_tries_a_download(
     operations = driver.find_elements(By.CSS_SELECTOR, ".opblock")
     assert len(operations) >= 13  # every operation of the document, preflights included
 
-    # Authorize with the key ...
+    # Authorize with a key (a write key, which may read too) ...
     driver.find_element(By.CSS_SELECTOR, "button.authorize").click()
     key_input = wait.until(
         ready.visibility_of_element_located((By.CSS_SELECTOR, ".modal-ux input"))
     )
-    key_input.send_keys(tenant.read_token)
+    key_input.send_keys(tenant.write_token)
     driver.find_element(By.CSS_SELECTOR, ".modal-ux .auth-btn-wrapper .authorize").click()
     driver.find_element(By.CSS_SELECTOR, ".modal-ux .btn-done").click()
-    # ... then try the download.
-    operation = driver.find_element(By.ID, "operations-attachments-downloadAttachment")
-    operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
-    wait.until(lambda _: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"))
-    operation.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
-    id_input = operation.find_element(By.CSS_SELECTOR, "tr[data-param-name='id'] input")
-    id_input.send_keys(Keys.CONTROL, "a")  # over the document's example id
-    id_input.send_keys(str(attachment_id))
-    operation.find_element(By.CSS_SELECTOR, ".execute").click()
-    answer = wait.until(
-        lambda _: operation.find_elements(By.CSS_SELECTOR, ".live-responses-table .response")
-    )[0]
-    assert answer.find_element(By.CSS_SELECTOR, ".response-col_status").text.startswith("200")
-    request_url = operation.find_element(By.CSS_SELECTOR, ".request-url pre").text
-    assert request_url.endswith("/download?redirect=false")
-    link = driver.execute_script(
-        "return JSON.parse(arguments[0].textContent).url",
-        answer.find_element(By.CSS_SELECTOR, ".response-col_description pre"),
-    )
-    assert await asyncio.to_thread(fetch, link) == body  # the link works, unchanged
+
+    # ... then try the download: the page asks for the link, which works as it is.
+    status, text, request_url = try_it_out(driver, "downloadAttachment", id=str(attachment_id))
+    assert status == 200 and request_url.endswith("/download?redirect=false")
+    assert await asyncio.to_thread(fetch, json.loads(text)["url"]) == body
+    # The metadata, the list, a new upload and a deletion.
+    status, text, _ = try_it_out(driver, "getAttachment", id=str(attachment_id))
+    assert status == 200 and json.loads(text)["filename"] == "page.bin"
+    status, text, _ = try_it_out(driver, "listAttachments", cursor="")
+    assert status == 200
+    assert [item["id"] for item in json.loads(text)["items"]] == [str(attachment_id)]
+    status, text, _ = try_it_out(driver, "createAttachment")  # the document's example body
+    assert status == 201 and json.loads(text)["status"] == "upload_pending"
+    status, _, _ = try_it_out(driver, "deleteAttachment", id=str(attachment_id))
+    assert status == 204
 
     # Nothing the page did left the gateway's origin (no CDN, no validator.swagger.io),
     # and the CSP refused nothing it needed.
