@@ -127,7 +127,9 @@ async def test_pool_exhaustion_queues_briefly_then_503_and_the_pool_is_whole(
             answers = await asyncio.gather(*(burst.one(p) for p in seeded.paths()))
         assert_only_redirects_and_unavailable(answers)
         statuses = [a.status for a in answers]
-        assert statuses.count(307) >= 2 and statuses.count(503) >= 5, statuses
+        # At least one request got a connection (two, unless the invalidation listener's
+        # probe, a NOTIFY through this pool every 2 s, held the other one meanwhile).
+        assert statuses.count(307) >= 1 and statuses.count(503) >= 5, statuses
         # Bounded queueing: a request waits at most the acquire timeout for a connection.
         assert max(a.finished - a.started for a in answers) < 1.0 + 2 * 0.4 + 0.5
 
