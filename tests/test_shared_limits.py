@@ -17,6 +17,7 @@ from service.core.tokens import generate_token
 from service.devstack.redis_server import REDIS_SERVER, redis_available, run_redis
 from service.web.app import create_app
 from service.web.limits import RATE_LIMITS
+from tests.support.http import assert_problem
 from tests.support.rate_limits import assert_rate_limited, download
 
 pytestmark = [
@@ -129,3 +130,22 @@ async def test_a_redis_that_is_slow_means_local_limits_within_the_timeout(replic
         assert time.monotonic() - started < 0.5
     finally:
         sleeper.wait(10)
+
+
+async def test_a_batch_of_links_spends_one_token_per_id_from_the_shared_bucket(replicas):
+    (first, second), tenant, attachment_id = await replicas(
+        rate_limit_per_key=0.1, rate_limit_burst_per_key=6
+    )
+    path = "/api/v1/attachments/download-links"
+
+    async def batch(client, count):
+        query = [("id", str(attachment_id))] * count
+        response = await client.get(path, headers=tenant.auth(), params=query)
+        return response, await response.read()
+
+    assert (await batch(first, 4))[0].status == 200
+    response, body = await batch(second, 3)  # 2 left in the cluster's bucket
+    assert_problem(response.status, body, "rate_limited")
+    assert re.search(r";r=2;", response.headers["RateLimit"])
+    assert (await batch(second, 2))[0].status == 200
+    assert_rate_limited(*(await download(first, attachment_id, tenant.auth())), "key", quota=6)

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 from .errors import InvalidRequest
 
+# Ids one request for download links may name: 100 canonical ids ("id=<36>&" each) fit
+# well inside aiohttp's 8,190-byte request line.
+MAX_LINKS_PER_REQUEST = 100
+
 # Shown inline only when asked for, and only these: they render without scripts.
 # (SVG is an image that can run scripts; HTML and friends are obviously out.)
 INLINE_TYPES = frozenset({"application/pdf", "text/plain"})

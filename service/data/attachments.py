@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from ..core.attachment import AttachmentTarget
 from ..core.errors import NotFound, UnknownWorkspace
 from .pool import Database
 
@@ -64,6 +65,12 @@ UPDATE = f"""
     SET filename = coalesce($3, filename), content_type = coalesce($4, content_type)
     WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL AND NOT upload_pending
     RETURNING {COLUMNS}
+"""  # noqa: S608
+
+# Many of one workspace's attachments at once (the batch of download links).
+TARGETS = f"""
+    SELECT a.id, {TARGET_COLUMNS} FROM attachments a
+    WHERE a.id = ANY($1::uuid[]) AND a.workspace_id = $2 AND a.deleted_at IS NULL
 """  # noqa: S608
 
 # The one soft delete: by the API within the caller's workspace, by the operator's CLI
@@ -152,6 +159,14 @@ async def update(
         if (await show(db, attachment_id, workspace_id))["upload_pending"]:
             return None
     raise AssertionError("an available attachment refused its update twice")
+
+
+async def targets(
+    db: Database, attachment_ids: list[uuid.UUID], workspace_id: uuid.UUID
+) -> dict[uuid.UUID, AttachmentTarget]:
+    """Those of the attachments that are the workspace's and not deleted, in one query."""
+    rows = await db.fetch(TARGETS, attachment_ids, workspace_id)
+    return {row["id"]: AttachmentTarget.from_row(row) for row in rows}
 
 
 async def soft_delete(db: Database, attachment_id: uuid.UUID, workspace_id: uuid.UUID) -> None:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "attachments-gateway:bucket:"
 
 # ARGV[1]: the policies, "<name>,<rate per second>,<burst>;" each. ARGV[2]: the key prefix.
-# ARGV[3...]: one request each, its asks as "<policy index>:<spend 1|0>:<subject>|...".
+# ARGV[3...]: one request each, its asks as "<policy index>:<tokens to spend>:<subject>|..."
+# (0 to spend: only look whether the bucket holds a token).
 # Returns one string, a word per request: "0" (admitted), or "<ask index>:<level>" of its
 # first bucket without a token. (Strings in, a string out: what costs the client least to
 # encode and parse. The buckets' names are made here, so this is for one Redis, not a
@@ -45,7 +46,7 @@ end
 local out = {}
 for r = 3, #ARGV do
   local asks, refused = {}, '0'
-  for index, spend, subject in string.gmatch(ARGV[r], '(%d+):(%d):([^|]*)') do
+  for index, spend, subject in string.gmatch(ARGV[r], '(%d+):(%d+):([^|]*)') do
     local policy = policies[tonumber(index)]
     local key = policy[1] .. subject
     local stored = redis.call('HMGET', key, 'tokens', 'at')
@@ -53,16 +54,17 @@ for r = 3, #ARGV do
     if stored[1] then
       tokens = math.min(policy[3], tonumber(stored[1]) + (now - tonumber(stored[2])) * policy[2])
     end
-    asks[#asks + 1] = {key, tokens, spend == '1', policy}
-    if refused == '0' and tokens < 1 then
+    local cost = tonumber(spend)
+    asks[#asks + 1] = {key, tokens, cost, policy}
+    if refused == '0' and tokens < math.max(cost, 1) then
       refused = #asks - 1 .. ':' .. string.format('%.6f', tokens)
     end
   end
   if refused == '0' then
     for _, ask in ipairs(asks) do
-      if ask[3] then
+      if ask[3] > 0 then
         local policy = ask[4]
-        redis.call('HSET', ask[1], 'tokens', string.format('%.6f', ask[2] - 1),
+        redis.call('HSET', ask[1], 'tokens', string.format('%.6f', ask[2] - ask[3]),
                    'at', string.format('%.6f', now))
         redis.call('PEXPIRE', ask[1], math.ceil(policy[3] / policy[2] * 1000) + 1000)
       end
@@ -87,9 +89,9 @@ class SharedLimitsDown(Exception):
     """Redis did not answer in time (or at all): use the local buckets."""
 
 
-# One bucket a request needs: the index of its policy, whether to spend a token (or only
-# look), and whose bucket it is (a key id, a workspace id, an address).
-Ask = tuple[int, bool, str]
+# One bucket a request needs: the index of its policy, how many tokens to spend (0: only
+# look whether it holds one), and whose bucket it is (a key id, a workspace id, an address).
+Ask = tuple[int, int, str]
 
 # The answer to one request: None when admitted, else (position of the refusing bucket in
 # its asks, that bucket's level in tokens).
@@ -136,9 +138,7 @@ class SharedBuckets:
             raise SharedLimitsDown
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Verdict] = loop.create_future()
-        self._waiting.append(
-            ("|".join(f"{p}:{1 if spend else 0}:{who}" for p, spend, who in asks), future)
-        )
+        self._waiting.append(("|".join(f"{p}:{spend}:{who}" for p, spend, who in asks), future))
         if not self._busy:
             self._busy = True
             loop.call_soon(self._flush)

@@ -9,7 +9,7 @@ from ..core.settings import Settings
 from . import attachments
 from .api_docs import OPENAPI_PATH, docs_handlers
 from .audit import audit_context
-from .auth import DOWNLOAD_ROUTE, PUBLIC_PATHS, auth_middleware
+from .auth import DOWNLOAD_LINKS_ROUTE, DOWNLOAD_ROUTE, PUBLIC_PATHS, auth_middleware
 from .caches import CACHES, create_caches, invalidation_context, refresh_context
 from .config import SETTINGS, Handler
 from .cors import CorsPolicy, cors_middleware
@@ -18,6 +18,7 @@ from .downloads import download
 from .errors import error_middleware
 from .health import healthz, openapi_handler, readyz
 from .limits import RATE_LIMITS, RateLimits, shared_limits_context
+from .links import download_links
 from .logs import flush_logs_context, install_log_safety
 from .metrics import METRICS, create_metrics, metrics_handler, metrics_site_context
 from .request_ids import REQUEST_IDS, RequestIds
@@ -61,9 +62,14 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/attachments/{id}/download", download, name=DOWNLOAD_ROUTE)
     app.router.add_get("/api/v1/attachments", attachments.list_attachments)
     app.router.add_post("/api/v1/attachments", attachments.create)
-    app.router.add_get("/api/v1/attachments/{id}", attachments.show, name="attachment")
-    app.router.add_patch("/api/v1/attachments/{id}", attachments.update)
-    app.router.add_delete("/api/v1/attachments/{id}", attachments.delete)
+    app.router.add_get(
+        "/api/v1/attachments/download-links", download_links, name=DOWNLOAD_LINKS_ROUTE
+    )
+    # Any id but the path above, so that its other methods answer 405 with its own Allow.
+    attachment = "/api/v1/attachments/{id:(?!download-links$)[^/]+}"
+    app.router.add_get(attachment, attachments.show, name="attachment")
+    app.router.add_patch(attachment, attachments.update)
+    app.router.add_delete(attachment, attachments.delete)
     app.router.add_post("/api/v1/attachments/{id}/complete", attachments.complete)
     # Everything else needs an API key; these, and only these, are public.
     public: dict[str, Handler] = {

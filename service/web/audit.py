@@ -28,17 +28,21 @@ def record_download(
     outcome: str,
     status: int,
     issued_until: int | None = None,
+    *,
+    attachment_id: str | None = None,
+    method: str | None = None,
 ) -> None:
     """Queue the download (or its refusal) for the audit trail, if it is on;
-    `issued_until` is the expiry of the URL it handed out (ISSUED_UNTIL)."""
+    `issued_until` is the expiry of the URL it handed out (ISSUED_UNTIL). The attachment
+    and method are the request's unless given (one of a batch of links)."""
     trail = request.app.get(AUDIT)
     if trail is None:
         return
     trail.record(
         principal,
         # The path's id, also when the method is not the route's (no match_info then).
-        request.match_info.get("id") or request.path.rsplit("/", 2)[-2],
-        request.method,
+        attachment_id or request.match_info.get("id") or request.path.rsplit("/", 2)[-2],
+        method or request.method,
         outcome,
         status,
         request.get(CLIENT_ADDRESS),

@@ -18,6 +18,7 @@ from aiohttp import web
 from ..core.attachment import AttachmentTarget
 from ..core.errors import GatewayError
 from ..core.ids import canonical_uuid
+from ..core.options import MAX_LINKS_PER_REQUEST
 from ..core.principal import Principal
 from ..core.tokens import PREFIX, parse_token, token_digest
 from ..data.api_keys import find_key, find_key_and_attachment
@@ -40,6 +41,7 @@ from .problems import (
 from .usage import KEY_USAGE
 
 DOWNLOAD_ROUTE = "download"
+DOWNLOAD_LINKS_ROUTE = "download_links"
 
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey("public_paths", frozenset[str])
@@ -105,13 +107,25 @@ def entitle(principal: Principal) -> None:
 
 
 async def limit(request: web.Request, principal: Principal) -> None:
-    """One request of the key's and of its workspace's rate limits (the cluster's, when
-    they are shared, with the address's failed attempts)."""
+    """The request's cost to the key's and to its workspace's rate limits (the cluster's,
+    when they are shared, with the address's failed attempts)."""
     limits = request.app[RATE_LIMITS]
+    requests = requests_in(request)
     if limits.shared is None:
-        limits.admit(principal.key_id, principal.workspace_id)
+        limits.admit(principal.key_id, principal.workspace_id, requests)
     else:
-        await limits.admit_shared(principal.key_id, principal.workspace_id, request[CLIENT_ADDRESS])
+        await limits.admit_shared(
+            principal.key_id, principal.workspace_id, request[CLIENT_ADDRESS], requests
+        )
+
+
+def requests_in(request: web.Request) -> int:
+    """What a request counts for: one, or a request for download links one per id (it
+    saves the caller round trips, not budget); one too when it names too many to answer."""
+    if request.match_info.route.name != DOWNLOAD_LINKS_ROUTE:
+        return 1
+    ids = len(request.query.getall("id", ()))
+    return ids if 1 <= ids <= MAX_LINKS_PER_REQUEST else 1
 
 
 def scope(request: web.Request, principal: Principal) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from aiohttp import web
 
@@ -53,9 +54,11 @@ async def presigned_url(
     attachment_id: str,
     target: AttachmentTarget,
     options: DownloadOptions = PLAIN,
+    method: str | None = None,
 ) -> PresignedUrl:
-    """A URL signed for this method and these options: a fresh one, or one signed within
-    the reuse window (its true expiry travels with it)."""
+    """A URL signed for this method (the request's unless given) and these options: a
+    fresh one, or one signed within the reuse window (its true expiry travels with it)."""
+    method = method or request.method
     storage = request.app[STORAGE]
     if not storage.reachable:  # a URL, new or reused, would lead nowhere
         raise Problem("service_unavailable")
@@ -63,20 +66,20 @@ async def presigned_url(
     counts = request.app[METRICS].counts
     variant = () if options is PLAIN else (*options.cache_variant, tuple(target))
     if caches.live:
-        reused = caches.url(attachment_id, request.method, variant)
+        reused = caches.url(attachment_id, method, variant)
         if reused is not MISSING:
-            counts.count_presign(request.method, "reused")
+            counts.count_presign(method, "reused")
             return reused
     generation = caches.generation
-    presigned = await storage.presign(request.method, target, options)
+    presigned = await storage.presign(method, target, options)
     if presigned.shortened:  # never reused: it would fall short of the promised lifetime
-        counts.count_presign(request.method, "shortened")
+        counts.count_presign(method, "shortened")
         return presigned
-    counts.count_presign(request.method, "signed")
+    counts.count_presign(method, "signed")
     # A URL asked to live no longer than the reuse window would expire in the cache.
     reusable = options.expires_in is None or options.expires_in > caches.urls.ttl
     if reusable and caches.may_store(generation):
-        caches.remember_url(attachment_id, request.method, presigned, variant)
+        caches.remember_url(attachment_id, method, presigned, variant)
     return presigned
 
 
@@ -115,9 +118,9 @@ async def download(request: web.Request) -> web.Response:
     )
 
 
-def link_response(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> web.Response:
-    """The URL as data: asked for explicitly, so it may be in this body (never in logs)."""
-    link = {
+def link_json(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> dict[str, Any]:
+    """The URL as data: asked for explicitly, so it may be in a body (never in logs)."""
+    return {
         "url": presigned.url,
         "method": method,
         "expires_at": presigned.expires_text,
@@ -125,8 +128,11 @@ def link_response(method: str, target: AttachmentTarget, presigned: PresignedUrl
         "content_type": target.content_type,
         "size_bytes": target.size_bytes,
     }
+
+
+def link_response(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> web.Response:
     return web.Response(
-        body=json.dumps(link).encode(),
+        body=json.dumps(link_json(method, target, presigned)).encode(),
         content_type="application/json",
         headers={"X-Expires-At": presigned.expires_text},
     )

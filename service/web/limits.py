@@ -64,13 +64,19 @@ class TokenBuckets:
         tokens, at = entry
         return min(float(self.burst), tokens + (now - at) * self.rate)
 
-    def take(self, key: Hashable) -> bool:
-        """Spend one token if there is one."""
+    def cost(self, requests: int) -> int:
+        """What `requests` requests at once spend: one token each, but never more than the
+        bucket holds (else a batch bigger than the burst could never be admitted)."""
+        return min(requests, self.burst)
+
+    def take(self, key: Hashable, requests: int = 1) -> bool:
+        """Spend a token per request if there are that many."""
         now = time.monotonic()
         tokens = self._level(key, now)
-        if tokens < 1:
+        cost = self.cost(requests)
+        if tokens < cost:
             return False
-        self._store(key, tokens - 1, now)
+        self._store(key, tokens - cost, now)
         return True
 
     def has_token(self, key: Hashable) -> bool:
@@ -85,18 +91,19 @@ class TokenBuckets:
         if len(self._buckets) > MAX_BUCKETS:
             self._buckets.popitem(last=False)
 
-    def refused(self, key: Hashable) -> Problem:
-        """The 429 for `key`'s empty bucket."""
-        return self.refusal(self._level(key, time.monotonic()))
+    def refused(self, key: Hashable, requests: int = 1) -> Problem:
+        """The 429 for `key`'s bucket, too low for `requests`."""
+        return self.refusal(self._level(key, time.monotonic()), requests)
 
-    def refusal(self, tokens: float) -> Problem:
-        """The 429 for a bucket of this policy holding `tokens` (less than one)."""
-        wait = max(1, math.ceil((1 - tokens) / self.rate))
+    def refusal(self, tokens: float, requests: int = 1) -> Problem:
+        """The 429 for a bucket of this policy holding `tokens`, fewer than `requests`
+        cost."""
+        wait = max(1, math.ceil((self.cost(requests) - tokens) / self.rate))
         refill = max(1, math.ceil(self.burst / self.rate))
         headers = {
             "Retry-After": str(wait),
             "RateLimit-Policy": f'"{self.name}";q={self.burst};w={refill}',
-            "RateLimit": f'"{self.name}";r=0;t={wait}',
+            "RateLimit": f'"{self.name}";r={max(0, math.floor(tokens))};t={wait}',
         }
         return Problem("rate_limited", headers, reason=self.name)
 
@@ -115,7 +122,7 @@ class RateLimits:
         self.shared: SharedBuckets | None = None
 
     async def admit_shared(
-        self, key_id: Hashable, workspace_id: Hashable, address: str | None
+        self, key_id: Hashable, workspace_id: Hashable, address: str | None, requests: int = 1
     ) -> None:
         """`admit` on the cluster's buckets; the address's failed attempts are looked at
         here, with the rest, since no process alone knows them (so an address that used
@@ -129,7 +136,9 @@ class RateLimits:
             (WORKSPACE, self.workspaces, workspace_id),
         ):
             if policy.enabled:
-                asks.append((number, number != FAILED_AUTH, str(subject)))
+                # The address's failed attempts are only looked at, never spent here.
+                spend = 0 if number == FAILED_AUTH else policy.cost(requests)
+                asks.append((number, spend, str(subject)))
                 policies.append(policy)
         if not asks:
             return
@@ -137,11 +146,12 @@ class RateLimits:
             verdict = await self.shared.ask(asks)
         except SharedLimitsDown:
             self.check_address(address)
-            self.admit(key_id, workspace_id)
+            self.admit(key_id, workspace_id, requests)
             return
         if verdict is not None:
             position, tokens = verdict
-            raise policies[position].refusal(tokens)
+            refusing = policies[position]
+            raise refusing.refusal(tokens, 1 if refusing is self.failed_auth else requests)
 
     async def failed_shared(self, address: str | None) -> None:
         """`failed` on the cluster's bucket of the address; the 429 if it is used up."""
@@ -149,7 +159,7 @@ class RateLimits:
         if not self.failed_auth.enabled:
             return
         try:
-            verdict = await self.shared.ask([(FAILED_AUTH, True, str(address))])
+            verdict = await self.shared.ask([(FAILED_AUTH, 1, str(address))])
         except SharedLimitsDown:
             self.failed(address)
             return
@@ -163,12 +173,12 @@ class RateLimits:
             for buckets in (self.failed_auth, self.keys, self.workspaces)
         ]
 
-    def admit(self, key_id: Hashable, workspace_id: Hashable) -> None:
-        """Spend a request of the key and of its workspace, or raise the 429."""
-        if self.keys.enabled and not self.keys.take(key_id):
-            raise self.keys.refused(key_id)
-        if self.workspaces.enabled and not self.workspaces.take(workspace_id):
-            raise self.workspaces.refused(workspace_id)
+    def admit(self, key_id: Hashable, workspace_id: Hashable, requests: int = 1) -> None:
+        """Spend `requests` of the key's and of its workspace's, or raise the 429."""
+        if self.keys.enabled and not self.keys.take(key_id, requests):
+            raise self.keys.refused(key_id, requests)
+        if self.workspaces.enabled and not self.workspaces.take(workspace_id, requests):
+            raise self.workspaces.refused(workspace_id, requests)
 
     def check_address(self, address: str | None) -> None:
         """An address that has used up its failed attempts is refused before its token is

@@ -1,0 +1,120 @@
+"""GET /api/v1/attachments/download-links?id=...: download URLs for many attachments at once.
+
+A GET, not a POST: a read key may only GET or HEAD, and 100 ids fit in a request line.
+The answer lists one item per id, in the order asked: the link (as a download with
+`redirect=false` gives it) or the problem code that download would have answered
+(`not_found`, `upload_pending`). The attachments not in the caches are read in one query
+bound to the caller's workspace, so another tenant's id is the same `not_found` as a
+missing one. The rate limits count one request per id (auth.py), and the audit trail
+gets one row per id.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from ..core.attachment import AttachmentTarget
+from ..core.errors import InvalidRequest
+from ..core.ids import canonical_uuid
+from ..core.options import MAX_LINKS_PER_REQUEST, parse_download_options
+from ..core.principal import Principal
+from ..data import attachments
+from ..data.caches import Missing
+from .audit import record_download
+from .auth import PRINCIPAL
+from .caches import CACHES
+from .config import SETTINGS
+from .database import DATABASE
+from .downloads import link_json, presigned_url
+from .problems import PROBLEM_TYPES
+
+# The URLs are always signed for GET: a HEAD of this route answers the same headers.
+LINK_METHOD = "GET"
+
+
+def requested_ids(request: web.Request) -> list[tuple[str, uuid.UUID]]:
+    """The ids as asked for, each with the attachment it names. In a query, unlike a
+    path, an id that is not a canonical UUID makes the request malformed."""
+    raw_ids = request.query.getall("id", [])
+    if not 1 <= len(raw_ids) <= MAX_LINKS_PER_REQUEST:
+        raise InvalidRequest("id")
+    ids = []
+    for raw_id in raw_ids:
+        attachment_id = canonical_uuid(raw_id)
+        if attachment_id is None:
+            raise InvalidRequest("id")
+        ids.append((raw_id, attachment_id))
+    return ids
+
+
+async def attachment_targets(
+    request: web.Request, ids: set[uuid.UUID], workspace_id: uuid.UUID
+) -> dict[uuid.UUID, AttachmentTarget | None]:
+    """Each attachment of `ids`, None where the workspace has no such live one: from the
+    caches where they know, the rest in one query (remembered as downloads remember)."""
+    caches = request.app[CACHES]
+    found: dict[uuid.UUID, AttachmentTarget | None] = {}
+    if caches.live:
+        for attachment_id in ids:
+            cached = caches.attachment(str(attachment_id), workspace_id)
+            if not isinstance(cached, Missing):
+                found[attachment_id] = cached
+    missing = [attachment_id for attachment_id in ids if attachment_id not in found]
+    if missing:
+        generation = caches.generation
+        read = await attachments.targets(request.app[DATABASE], missing, workspace_id)
+        store = caches.may_store(generation)
+        for attachment_id in missing:
+            target = found[attachment_id] = read.get(attachment_id)
+            if store:
+                caches.remember_attachment(str(attachment_id), workspace_id, target)
+    return found
+
+
+def record(
+    request: web.Request,
+    principal: Principal,
+    raw_id: str,
+    outcome: str,
+    status: int,
+    issued_until: int | None = None,
+) -> None:
+    """One audit row per id, as a download of it would have left."""
+    record_download(
+        request,
+        principal,
+        outcome,
+        status,
+        issued_until,
+        attachment_id=raw_id,
+        method=LINK_METHOD,
+    )
+
+
+async def download_links(request: web.Request) -> web.Response:
+    """200 with `{"items": [...]}`: a link or a problem code for each id, in order."""
+    ids = requested_ids(request)
+    # The download's own options; `redirect` means nothing here (the answer is data).
+    options = parse_download_options(
+        request.query, None, request.app[SETTINGS].presign_max_expires_seconds
+    )
+    principal = request[PRINCIPAL]
+    targets = await attachment_targets(
+        request, {attachment_id for _, attachment_id in ids}, principal.workspace_id
+    )
+    items: list[dict[str, Any]] = []
+    for raw_id, attachment_id in ids:
+        target = targets[attachment_id]
+        if target is None or target.pending:
+            code = "not_found" if target is None else "upload_pending"
+            record(request, principal, raw_id, code, PROBLEM_TYPES[code].status)
+            items.append({"id": raw_id, "problem": code})
+            continue
+        presigned = await presigned_url(request, str(attachment_id), target, options, LINK_METHOD)
+        record(request, principal, raw_id, "issued", 200, presigned.expires_at_us)
+        items.append({"id": raw_id, **link_json(LINK_METHOD, target, presigned)})
+    return web.Response(body=json.dumps({"items": items}).encode(), content_type="application/json")
