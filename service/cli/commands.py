@@ -17,7 +17,12 @@ from typing import Any
 import asyncpg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..core.errors import DatabaseUnavailable, StorageNotConfigured, StorageUnavailable
+from ..core.errors import (
+    DatabaseUnavailable,
+    KeyNotRotatable,
+    StorageNotConfigured,
+    StorageUnavailable,
+)
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.settings import Settings
 from ..data import admin, pool
@@ -56,7 +61,7 @@ def reported() -> Iterator[None]:
     commands' errors are translated (each command just lets them rise)."""
     try:
         yield
-    except (StorageNotConfigured, StateFileError) as exc:
+    except (StorageNotConfigured, StateFileError, KeyNotRotatable) as exc:
         raise UsageError(str(exc)) from None
     except StorageUnavailable as exc:
         raise Unavailable(str(exc)) from None
@@ -182,15 +187,20 @@ async def key_create(settings: Settings, args: argparse.Namespace) -> Result:
         key = await admin.create_key(
             conn, workspace_id, scope=args.scope, name=args.name, expires_at=expires_at
         )
-    data = {
+    data = _new_key_data(key)
+    human = f"created {key.scope} key {key.id}\n{key.token}\n(shown once: store it now)"
+    return Result(human, data)
+
+
+def _new_key_data(key: admin.NewKey) -> dict[str, Any]:
+    """What `key create --json` prints, and `key rotate --json` of the successor."""
+    return {
         "id": str(key.id),
         "token": key.token,
         "prefix": key.prefix,
         "scope": key.scope,
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
     }
-    human = f"created {key.scope} key {key.id}\n{key.token}\n(shown once: store it now)"
-    return Result(human, data)
 
 
 async def key_list(settings: Settings, args: argparse.Namespace) -> Result:
@@ -208,14 +218,26 @@ async def key_list(settings: Settings, args: argparse.Namespace) -> Result:
         )
     lines = [
         f"{r['id']}  {r['prefix']}…  {r['scope']:<5}  {r['status']:<7}  "
-        f"last used {_minute(r['last_used_at'])}  {r['name']}"
+        f"last used {_minute(r['last_used_at'])}  {_rotation_link(r)}{r['name']}"
         for r in rows
     ]
     return Result("\n".join(lines) or "no keys", rows)
 
 
+def _rotation_link(row: dict[str, Any]) -> str:
+    """Where the key stands in a rotation, for the human listing ("" for most keys)."""
+    link = f"rotated from {row['rotated_from']}  " if row["rotated_from"] else ""
+    if row["replaced_by"]:
+        link += f"replaced by {row['replaced_by']} (overlap ends {_second(row['expires_at'])})  "
+    return link
+
+
 def _minute(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "never"
+
+
+def _second(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 async def key_revoke(settings: Settings, args: argparse.Namespace) -> Result:
@@ -225,6 +247,25 @@ async def key_revoke(settings: Settings, args: argparse.Namespace) -> Result:
     if not revoked:
         raise UsageError(f"no active key {key_id}")
     return Result(f"revoked key {key_id}", {"id": str(key_id), "revoked": True})
+
+
+async def key_rotate(settings: Settings, args: argparse.Namespace) -> Result:
+    key_id = parse_uuid(args.key_id, "key")
+    overlap = parse_overlap(args.overlap)
+    async with connect(settings) as conn:
+        rotation = await admin.rotate_key(conn, key_id, overlap)
+    successor = rotation.successor
+    data = {
+        **_new_key_data(successor),
+        "rotated_from": str(key_id),
+        "overlap_ends_at": rotation.overlap_ends_at.isoformat(),
+    }
+    human = (
+        f"rotated key {key_id} into {successor.scope} key {successor.id}\n{successor.token}\n"
+        f"(shown once: store it now)\nkey {key_id} stops working at "
+        f"{_second(rotation.overlap_ends_at)}"
+    )
+    return Result(human, data)
 
 
 def _content_type(value: str | None, filename: str) -> str:
@@ -322,11 +363,17 @@ async def attachment_delete(settings: Settings, args: argparse.Namespace) -> Res
 SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def relative_age(value: str) -> timedelta | None:
-    """`30m`, `12h`, `7d` as a duration; None for anything else."""
-    unit = SINCE_UNITS.get(value[-1:])
-    if unit and value[:-1].isdigit():
-        return timedelta(seconds=int(value[:-1]) * unit)
+def relative_age(value: str, units: dict[str, int] = SINCE_UNITS) -> timedelta | None:
+    """`30m`, `12h`, `7d` (a number and one of `units`) as a duration; None for anything
+    else, a number too large for a duration included."""
+    unit = units.get(value[-1:])
+    number = value[:-1]
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if unit and number.isascii() and number.isdigit():
+        try:
+            return timedelta(seconds=int(number) * unit)
+        except OverflowError:
+            return None
     return None
 
 
@@ -365,6 +412,22 @@ def parse_age(value: str) -> timedelta:
     return age
 
 
+# An overlap is a window for clients to switch tokens, not a second life for the key.
+MAX_OVERLAP = timedelta(days=365)
+OVERLAP_UNITS = {"s": 1, **SINCE_UNITS}
+
+
+def parse_overlap(value: str) -> timedelta:
+    """`90s`, `30m`, `24h`, `7d`, or `0` (the old key stops at once), at most 365d."""
+    overlap = timedelta(0) if value == "0" else relative_age(value, OVERLAP_UNITS)
+    if overlap is None or overlap > MAX_OVERLAP:
+        raise UsageError(
+            f"--overlap {value!r}: use seconds, minutes, hours or days (90s, 30m, 24h, 7d),"
+            " 0 for none, at most 365d"
+        )
+    return overlap
+
+
 async def purge(settings: Settings, args: argparse.Namespace) -> Result:
     cutoff = datetime.now(UTC) - parse_age(args.older_than)
     async with connect(settings) as conn:
@@ -398,6 +461,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Any]] = {
     "key create": key_create,
     "key list": key_list,
     "key revoke": key_revoke,
+    "key rotate": key_rotate,
     "attachment add": attachment_add,
     "attachment register": attachment_register,
     "attachment delete": attachment_delete,

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--workspace", required=True)
     listing.add_argument("--json", action="store_true")
     key.add_parser("revoke").add_argument("key_id")
+    rotate = key.add_parser("rotate", help="a successor now; the old key ends after the overlap")
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--overlap", required=True, metavar="DURATION", help="90s, 30m, 24h, 7d, or 0 (none)"
+    )
+    rotate.add_argument("--json", action="store_true")
 
     attachment = sub.add_parser("attachment", help="attachments").add_subparsers(
         dest="action", required=True, parser_class=Parser

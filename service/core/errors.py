@@ -36,6 +36,11 @@ class UnknownWorkspace(GatewayError):
     """The caller's workspace went away while the request was under way."""
 
 
+class KeyNotRotatable(GatewayError):
+    """The key cannot be rotated (unknown, revoked, expired, or rotated already): the
+    message says which, in the operator's words."""
+
+
 class InvalidRequest(GatewayError):
     """An option or body member out of range or unknown in value; `reason` names which."""
 

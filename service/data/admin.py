@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
+from ..core.errors import KeyNotRotatable
 from ..core.tokens import digest, display_prefix, generate_token
 from .api_keys import KEY_IS_LIVE
 from .attachments import SOFT_DELETE
@@ -20,6 +21,16 @@ class NewKey:
     prefix: str
     scope: str
     expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A key rotated: its successor (with the only copy of the token), and when the old
+    key stops working."""
+
+    successor: NewKey
+    replaced_id: uuid.UUID
+    overlap_ends_at: datetime
 
 
 async def create_workspace(
@@ -70,6 +81,56 @@ async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> bool:
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
     )
     return bool(status == "UPDATE 1")
+
+
+async def rotate_key(conn: asyncpg.Connection, key_id: uuid.UUID, overlap: timedelta) -> Rotation:
+    """A successor with the old key's workspace, scope and name; the old key keeps working
+    for `overlap` at most (a rotation never extends a key's life). One transaction, with
+    the old key's row locked: of two rotations at once, the second finds it rotated."""
+    async with conn.transaction():
+        old = await conn.fetchrow(
+            """
+            SELECT id, workspace_id, name, scope, created_at, expires_at, revoked_at,
+                   replaced_by, now() AS now
+            FROM api_keys WHERE id = $1 FOR UPDATE
+            """,
+            key_id,
+        )
+        _refuse_unrotatable(key_id, old)
+        # The successor gets the lifetime the old key was given, from now: a key made to
+        # expire is replaced by one made to expire, never by one that lives for ever.
+        lifetime = old["expires_at"] - old["created_at"] if old["expires_at"] else None
+        successor = await create_key(
+            conn,
+            old["workspace_id"],
+            scope=old["scope"],
+            name=old["name"],
+            expires_at=old["now"] + lifetime if lifetime is not None else None,
+        )
+        # least() ignores a NULL: a key without an expiry gets the overlap's end.
+        overlap_ends_at: datetime = await conn.fetchval(
+            """
+            UPDATE api_keys SET expires_at = least(expires_at, now() + $2), replaced_by = $3
+            WHERE id = $1 RETURNING expires_at
+            """,
+            key_id,
+            overlap,
+            successor.id,
+        )
+    return Rotation(successor, key_id, overlap_ends_at)
+
+
+def _refuse_unrotatable(key_id: uuid.UUID, old: asyncpg.Record | None) -> None:
+    if old is None:
+        raise KeyNotRotatable(f"no key {key_id}")
+    if old["revoked_at"] is not None:
+        raise KeyNotRotatable(f"key {key_id} is revoked: create a new key instead")
+    if old["replaced_by"] is not None:
+        raise KeyNotRotatable(
+            f"key {key_id} was already rotated: its successor is {old['replaced_by']}"
+        )
+    if old["expires_at"] is not None and old["expires_at"] <= old["now"]:
+        raise KeyNotRotatable(f"key {key_id} has expired: create a new key instead")
 
 
 async def register_attachment(
@@ -125,9 +186,12 @@ async def list_keys(conn: asyncpg.Connection, workspace_id: uuid.UUID) -> list[a
     return list(
         await conn.fetch(
             """
-            SELECT id, name, display_prefix AS prefix, scope, created_at, expires_at,
-                   revoked_at, last_used_at
-            FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id
+            SELECT k.id, k.name, k.display_prefix AS prefix, k.scope, k.created_at,
+                   k.expires_at, k.revoked_at, k.last_used_at, k.replaced_by,
+                   predecessor.id AS rotated_from
+            FROM api_keys k
+            LEFT JOIN api_keys predecessor ON predecessor.replaced_by = k.id
+            WHERE k.workspace_id = $1 ORDER BY k.created_at, k.id
             """,
             workspace_id,
         )
