@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from functools import cache
 
@@ -111,3 +112,58 @@ def test_the_signer_without_response_parameters():
     credentials = ReadOnlyCredentials(ACCESS_KEY, SECRETS[0], None)
     signer = QuerySigner(client=None, credentials=None, region="us-east-1")
     assert signer.sign("GET", prefix, "a b/c", (), 900, credentials, at) == expected
+
+
+def botocore_presign_upload(client, bucket, key, params, expires, at):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.auth, "get_current_datetime", lambda: at)
+        operation = "upload_part" if "PartNumber" in params else "put_object"
+        return client.generate_presigned_url(
+            operation, Params={"Bucket": bucket, "Key": key, **params}, ExpiresIn=expires
+        )
+
+
+@pytest.mark.slow  # hundreds of generated cases
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bucket=st.sampled_from(BUCKETS),
+    key=keys,
+    content_type=st.sampled_from(CONTENT_TYPES),
+    size=st.integers(0, 5 * 1024**4),
+    digest=st.one_of(st.none(), st.binary(min_size=32, max_size=32)),
+    part=st.one_of(st.none(), st.tuples(st.integers(1, 10_000), st.text(min_size=1))),
+    endpoint=st.sampled_from(ENDPOINTS),
+    region=st.sampled_from(REGIONS),
+    style=st.sampled_from(["path", "virtual"]),
+    secret=st.sampled_from(SECRETS),
+    token=st.sampled_from(TOKENS),
+    expires=st.integers(1, 604_800),
+    at=st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)),
+)
+def test_upload_urls_with_signed_headers_are_byte_identical_to_botocore(
+    bucket, key, content_type, size, digest, part, endpoint, region, style, secret, token,
+    expires, at,
+):  # fmt: skip
+    """PUT URLs (Content-Type, Content-Length and the SHA-256 checksum signed) and
+    UploadPart URLs (Content-Length and the part's checksum signed)."""
+    client = botocore_client(endpoint, region, style, secret, token)
+    params: dict[str, object] = {"ContentLength": size}
+    headers = [("Content-Length", str(size))]
+    query: list[tuple[str, str]] = []
+    if part is None:
+        params["ContentType"] = content_type
+        headers.append(("Content-Type", content_type))
+    else:
+        number, upload_id = part
+        params |= {"UploadId": upload_id, "PartNumber": number}
+        query = [("uploadId", upload_id), ("partNumber", str(number))]
+    if digest is not None:
+        checksum = base64.b64encode(digest).decode()
+        params["ChecksumSHA256"] = checksum
+        headers.append(("x-amz-checksum-sha256", checksum))
+    expected = botocore_presign_upload(client, bucket, key, params, expires, at)
+
+    prefix = bucket_prefix_from(botocore_presign(client, "GET", bucket, "k", {}, 60, at))
+    credentials = ReadOnlyCredentials(ACCESS_KEY, secret, token)
+    signed = signer_for(region).sign("PUT", prefix, key, query, expires, credentials, at, headers)
+    assert signed == expected

@@ -11,6 +11,7 @@ from .disposition import content_disposition
 from .media_types import safe_content_type
 from .options import may_be_inline
 from .times import epoch_us, rfc3339
+from .uploads import digest_text
 
 
 # Cached values are NamedTuples of strings: tuples holding no containers drop out of the
@@ -43,6 +44,8 @@ class AttachmentTarget(NamedTuple):
     size_bytes: int | None
     # Created through the API and its upload not yet confirmed: downloads answer 409.
     pending: bool = False
+    # "sha256:<hex>" of the bytes, when the upload declared it and it was checked.
+    digest: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AttachmentTarget:
@@ -54,6 +57,7 @@ class AttachmentTarget(NamedTuple):
             row["filename"],
             row["size_bytes"],
             row["upload_pending"],
+            digest_of(row),
         )
 
     def response(self, inline: bool = False) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -66,3 +70,9 @@ class AttachmentTarget(NamedTuple):
             ("response-content-disposition", disposition),
             ("response-content-type", self.content_type),
         )
+
+
+def digest_of(row: Mapping[str, Any]) -> str | None:
+    """The attachment's digest as the API shows it: known once its upload was checked."""
+    sha256 = row["sha256"]
+    return digest_text(sha256) if sha256 is not None and not row["upload_pending"] else None

@@ -17,8 +17,10 @@ DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 # SigV4 refuses an X-Amz-Expires outside 1..604800 (seven days).
 MAX_PRESIGN_EXPIRES_SECONDS = 604_800
-# S3 takes at most 5 GiB in one PUT.
+# S3 takes at most 5 GiB in one PUT, and 5 TiB in a multipart upload.
 MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+MAX_UPLOAD_BYTES = 5 * 1024**4
+MIN_PART_BYTES = 5 * 1024**2
 # CORS_ALLOWED_ORIGINS's value for "every origin".
 ANY_ORIGIN = "*"
 # An origin as browsers serialize it: scheme, host and an optional port, nothing more.
@@ -52,8 +54,14 @@ class Settings:
     # How often the S3 endpoint is checked for a listener (0: never); see storage/probe.py.
     s3_probe_interval_seconds: float = 5.0
 
-    # The largest upload POST /api/v1/attachments offers: one PUT, S3's 5 GiB limit.
-    upload_max_bytes: int = MAX_SINGLE_PUT_BYTES
+    # The largest upload POST /api/v1/attachments offers (S3's 5 TiB), and the largest
+    # it offers as one PUT; above that, a multipart upload of parts of about
+    # UPLOAD_PART_BYTES. `complete` reads an object itself to check its SHA-256 only up
+    # to UPLOAD_VERIFY_MAX_BYTES (when the storage did not check it).
+    upload_max_bytes: int = MAX_UPLOAD_BYTES
+    upload_single_put_max_bytes: int = MAX_SINGLE_PUT_BYTES
+    upload_part_bytes: int = 64 * 1024**2
+    upload_verify_max_bytes: int = 1024**3
 
     presign_expires_seconds: int = 900
     # The longest `?expires_in=` a download may ask for.
@@ -112,8 +120,18 @@ class Settings:
             raise SettingsError(
                 "PRESIGN_EXPIRES_SECONDS must not exceed PRESIGN_MAX_EXPIRES_SECONDS"
             )
-        if not 0 <= self.upload_max_bytes <= MAX_SINGLE_PUT_BYTES:
-            raise SettingsError(f"UPLOAD_MAX_BYTES must be 0..{MAX_SINGLE_PUT_BYTES}")
+        if not 0 <= self.upload_max_bytes <= MAX_UPLOAD_BYTES:
+            raise SettingsError(f"UPLOAD_MAX_BYTES must be 0..{MAX_UPLOAD_BYTES}")
+        if not MIN_PART_BYTES <= self.upload_single_put_max_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise SettingsError(
+                f"UPLOAD_SINGLE_PUT_MAX_BYTES must be {MIN_PART_BYTES}..{MAX_SINGLE_PUT_BYTES}"
+            )
+        if not MIN_PART_BYTES <= self.upload_part_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise SettingsError(
+                f"UPLOAD_PART_BYTES must be {MIN_PART_BYTES}..{MAX_SINGLE_PUT_BYTES}"
+            )
+        if self.upload_verify_max_bytes < 0:
+            raise SettingsError("UPLOAD_VERIFY_MAX_BYTES must be >= 0")
         if self.presigner not in ("fast", "botocore"):
             raise SettingsError("PRESIGNER must be 'fast' or 'botocore'")
         if self.url_reuse_seconds < 0:

@@ -4,6 +4,7 @@ another tenant's attachment is the same `NotFound` as a missing one."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -13,10 +14,10 @@ from ..core.errors import NotFound, UnknownWorkspace
 from .pool import Database
 
 # What the API shows of an attachment.
-COLUMNS = "id, filename, content_type, size_bytes, created_at, upload_pending"
+COLUMNS = "id, filename, content_type, size_bytes, created_at, upload_pending, sha256"
 # What an AttachmentTarget is built from, of the attachment `a`.
 TARGET_COLUMNS = (
-    "a.bucket, a.object_key, a.filename, a.content_type, a.size_bytes, a.upload_pending"
+    "a.bucket, a.object_key, a.filename, a.content_type, a.size_bytes, a.upload_pending, a.sha256"
 )
 
 # (The statements below are made of the constants above only, never of input.)
@@ -43,17 +44,20 @@ NEXT_PAGE = f"""
 
 CREATE = f"""
     INSERT INTO attachments (id, workspace_id, bucket, object_key, filename, content_type,
-                             size_bytes, upload_pending)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, true)
+                             size_bytes, upload_pending, sha256, multipart_upload_id,
+                             part_size_bytes)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $9, $10)
     RETURNING {COLUMNS}
 """  # noqa: S608
 
 UPLOAD_OF = f"""
-    SELECT {COLUMNS}, bucket, object_key FROM attachments
+    SELECT {COLUMNS}, bucket, object_key, multipart_upload_id, part_size_bytes
+    FROM attachments
     WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
 """  # noqa: S608
+# The multipart upload is done with once its object is there: purge has nothing to abort.
 CONFIRM = f"""
-    UPDATE attachments SET upload_pending = false, size_bytes = $3
+    UPDATE attachments SET upload_pending = false, size_bytes = $3, multipart_upload_id = NULL
     WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL AND upload_pending
     RETURNING {COLUMNS}
 """  # noqa: S608
@@ -101,20 +105,37 @@ async def page(
     return await db.fetch(NEXT_PAGE, workspace_id, *after, limit)
 
 
-async def create(
-    db: Database,
-    attachment_id: uuid.UUID,
-    workspace_id: uuid.UUID,
-    bucket: str,
-    object_key: str,
-    filename: str,
-    content_type: str,
-    size: int,
-) -> asyncpg.Record:
+@dataclass(frozen=True, slots=True)
+class NewUpload:
+    """An attachment about to be uploaded through the API."""
+
+    attachment_id: uuid.UUID
+    workspace_id: uuid.UUID
+    bucket: str
+    object_key: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: bytes | None = None
+    multipart_upload_id: str | None = None
+    part_size: int | None = None
+
+
+async def create(db: Database, new: NewUpload) -> asyncpg.Record:
     """A new attachment, its upload pending."""
     try:
         row = await db.fetchrow(
-            CREATE, attachment_id, workspace_id, bucket, object_key, filename, content_type, size
+            CREATE,
+            new.attachment_id,
+            new.workspace_id,
+            new.bucket,
+            new.object_key,
+            new.filename,
+            new.content_type,
+            new.size,
+            new.sha256,
+            new.multipart_upload_id,
+            new.part_size,
         )
     except asyncpg.ForeignKeyViolationError:  # the workspace went away since the key was read
         raise UnknownWorkspace from None

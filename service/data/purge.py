@@ -2,7 +2,7 @@
 
 Two kinds of rows go, with their objects: attachments soft-deleted (DELETE on the API,
 or `attachment delete`) more than AGE ago, and uploads created more than AGE ago and
-never confirmed. Nothing is lost on the way:
+never confirmed (a multipart one's parts aborted too). Nothing is lost on the way:
 - a batch's rows are deleted and their objects removed in one transaction, so when S3
   fails the rows come back (rollback) and the next run tries again;
 - the rows are locked while their objects are removed, so an upload confirmed at that
@@ -35,7 +35,7 @@ PURGE_BATCH = """
         LIMIT $2
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING bucket, object_key
+    RETURNING bucket, object_key, multipart_upload_id
 """
 
 COUNT_PURGEABLE = """
@@ -52,6 +52,15 @@ UNSHARED_OBJECTS = """
         WHERE a.bucket = gone.bucket AND a.object_key = gone.object_key
     )
 """
+
+
+async def abort_upload(s3: Any, bucket: str, key: str, upload_id: str) -> None:
+    """Drop a multipart upload's parts; one S3 no longer knows is gone already."""
+    try:
+        await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise
 
 
 @dataclass
@@ -78,8 +87,18 @@ async def purge(conn: asyncpg.Connection, s3: Any, cutoff: datetime) -> PurgeRep
             buckets = [row["bucket"] for row in rows]
             keys = [row["object_key"] for row in rows]
             unshared = await conn.fetch(UNSHARED_OBJECTS, buckets, keys)
-            # S3's DeleteObject succeeds for a key that is already gone: reruns are safe.
+            # S3's DeleteObject succeeds for a key that is already gone, and an upload S3
+            # no longer knows counts as aborted: reruns are safe.
             try:
+                await asyncio.gather(
+                    *(
+                        abort_upload(
+                            s3, row["bucket"], row["object_key"], row["multipart_upload_id"]
+                        )
+                        for row in rows
+                        if row["multipart_upload_id"] is not None
+                    )
+                )
                 await asyncio.gather(
                     *(
                         s3.delete_object(Bucket=row["bucket"], Key=row["object_key"])

@@ -7,7 +7,6 @@ rewritten for clients afterwards. Presigning needs no network round trip.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,12 +17,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError
 
 from ..core.attachment import AttachmentTarget, PresignedUrl
 from ..core.errors import StorageNotConfigured, StorageUnavailable
 from ..core.options import PLAIN, DownloadOptions
 from ..core.settings import Settings
+from ..core.uploads import Part, checksum_header
 from .lifetimes import UrlLifetime
 from .signer import QuerySigner
 
@@ -36,12 +36,18 @@ BUCKET_ALREADY_THERE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 # so a GET-signed URL answers 403 to HEAD.
 OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
 
-# How long an API client has to start its upload (the issue's 15 minutes).
+# How long an API client has to start its upload (the issue's 15 minutes), and to send
+# each part of a multipart one (many gigabytes may go before the last part starts).
 UPLOAD_URL_SECONDS = 900
-# A HEAD on the request path (confirming an upload) waits this long at most.
-HEAD_TIMEOUT_SECONDS = 10.0
-# What S3 answers to HEAD for an object that is not there.
-NOT_THERE = ("404", "NoSuchKey", "NotFound")
+PART_URL_SECONDS = 24 * 3600
+
+# How the botocore parameters of a PUT appear in the request the fast signer signs.
+SIGNED_HEADER_FOR = {
+    "ContentType": "Content-Type",
+    "ContentLength": "Content-Length",
+    "ChecksumSHA256": "x-amz-checksum-sha256",
+}
+QUERY_FOR = {"UploadId": "uploadId", "PartNumber": "partNumber"}
 
 
 @dataclass(slots=True)
@@ -102,52 +108,68 @@ class Storage:
         )
         return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=expires), shortened)
 
+    def internal_client(self) -> Any:
+        """The client for the gateway's own S3 calls (storage/objects.py)."""
+        if self.internal is None:
+            raise StorageNotConfigured(self.unavailable_reason or "not configured")
+        return self.internal
+
     async def presign_upload(
-        self, bucket: str, key: str, content_type: str, size: int
+        self, bucket: str, key: str, content_type: str, size: int, sha256: bytes | None = None
     ) -> PresignedUrl:
-        """A PUT URL for exactly this object: its Content-Type and Content-Length are signed,
-        so S3 refuses (403) a body of any other size or type."""
+        """A PUT URL for exactly this object: its Content-Type, Content-Length and (when
+        declared) SHA-256 are signed, so S3 refuses (403) a body of any other size or type,
+        and a checking S3 (400) any other bytes."""
+        params: dict[str, Any] = {"ContentType": content_type, "ContentLength": size}
+        if sha256 is not None:
+            params["ChecksumSHA256"] = checksum_header(sha256)
+        return await self.presign_put("put_object", bucket, key, params, UPLOAD_URL_SECONDS)
+
+    async def presign_parts(
+        self, bucket: str, key: str, upload_id: str, parts: list[Part]
+    ) -> list[PresignedUrl]:
+        """An UploadPart URL for each part, its size signed."""
+        return [
+            await self.presign_put(
+                "upload_part",
+                bucket,
+                key,
+                {"UploadId": upload_id, "PartNumber": part.number, "ContentLength": part.size},
+                PART_URL_SECONDS,
+            )
+            for part in parts
+        ]
+
+    async def presign_put(
+        self, operation: str, bucket: str, key: str, params: dict[str, Any], seconds: int
+    ) -> PresignedUrl:
+        """`operation`'s URL for these botocore parameters, signed by the fast signer (the
+        headers and query it names, SIGNED_HEADER_FOR and QUERY_FOR) or by aiobotocore."""
         if self.client is None:
             raise StorageNotConfigured(self.unavailable_reason or "not configured")
         if not self.reachable:
             raise StorageUnavailable("unreachable")
         try:
-            expires = UPLOAD_URL_SECONDS
-            if self.lifetime is not None:
-                expires = await self.lifetime.seconds(expires)
-            params = {
-                "Bucket": bucket,
-                "Key": key,
-                "ContentType": content_type,
-                "ContentLength": size,
-            }
-            url: str = await self.client.generate_presigned_url(
-                "put_object", Params=params, ExpiresIn=expires
-            )
+            expires = await self.lifetime.seconds(seconds) if self.lifetime else seconds
+            if self.signer is not None:
+                now = datetime.now(UTC).replace(microsecond=0)
+                query = [
+                    (QUERY_FOR[name], str(v)) for name, v in params.items() if name in QUERY_FOR
+                ]
+                headers = [
+                    (SIGNED_HEADER_FOR[name], str(v))
+                    for name, v in params.items()
+                    if name in SIGNED_HEADER_FOR
+                ]
+                url = await self.signer.presign("PUT", bucket, key, query, expires, now, headers)
+            else:
+                url = await self.client.generate_presigned_url(
+                    operation, Params={"Bucket": bucket, "Key": key, **params}, ExpiresIn=expires
+                )
         except BotoCoreError as exc:
             log.warning("presigning an upload failed: %s", type(exc).__name__)
             raise StorageUnavailable(type(exc).__name__) from exc
-        return PresignedUrl.of(
-            url, signed_at(url) + timedelta(seconds=expires), expires < UPLOAD_URL_SECONDS
-        )
-
-    async def stored_size(self, bucket: str, key: str) -> int | None:
-        """The object's size in bytes, or None when it is not there."""
-        if self.internal is None:
-            raise StorageNotConfigured(self.unavailable_reason or "not configured")
-        try:
-            async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
-                head = await self.internal.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
-            if code in NOT_THERE:
-                return None
-            log.warning("HEAD of an upload failed: %s", code)
-            raise StorageUnavailable(code) from exc
-        except (BotoCoreError, OSError, TimeoutError) as exc:
-            log.warning("HEAD of an upload failed: %s", type(exc).__name__)
-            raise StorageUnavailable(type(exc).__name__) from exc
-        return int(head["ContentLength"])
+        return PresignedUrl.of(url, signed_at(url) + timedelta(seconds=expires), expires < seconds)
 
 
 def signed_at(url: str) -> datetime:

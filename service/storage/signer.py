@@ -1,4 +1,4 @@
-"""A SigV4 query signer for S3 GET/HEAD URLs: botocore's output, byte for byte, faster.
+"""A SigV4 query signer for S3 URLs: botocore's output, byte for byte, faster.
 
 aiobotocore's `generate_presigned_url` builds a request object, resolves endpoint rules
 and derives the signing key for every URL (docs/performance.md has what that costs on the
@@ -11,8 +11,10 @@ else to botocore, asked once per bucket:
 - credentials come from aiobotocore's credential chain and are re-read before they expire;
 - the signing key is derived once per (date, region, service).
 
+Downloads sign only `host`. Uploads also sign the headers S3 must then see exactly
+(Content-Type, Content-Length, x-amz-checksum-sha256), so that S3 refuses other bytes.
 `tests/test_signer.py` checks, with Hypothesis, that the output equals botocore's for the
-same inputs at the same second.
+same inputs at the same second, signed headers included.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,7 +63,7 @@ def bucket_prefix_from(url: str) -> BucketPrefix:
 
 
 class QuerySigner:
-    """Presigns S3 GET/HEAD URLs for one region; safe to share across a process's tasks."""
+    """Presigns S3 URLs for one region; safe to share across a process's tasks."""
 
     def __init__(self, client: Any, credentials: Any, region: str) -> None:
         self._client = client  # aiobotocore: the reference, asked once per bucket
@@ -110,10 +112,11 @@ class QuerySigner:
         params: Iterable[tuple[str, str]],
         expires: int,
         now: datetime | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> str:
         prefix = await self.prepare(bucket)
         credentials = await self.credentials()
-        return self.sign(method, prefix, key, params, expires, credentials, now)
+        return self.sign(method, prefix, key, params, expires, credentials, now, headers)
 
     def sign(
         self,
@@ -124,7 +127,10 @@ class QuerySigner:
         expires: int,
         credentials: Any,
         now: datetime | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> str:
+        """The URL; `headers` (besides Host) are signed too, and the request must carry
+        them with exactly these values."""
         timestamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         date = timestamp[:8]
         if date != self._signing_date or credentials.secret_key != self._signing_secret:
@@ -135,12 +141,23 @@ class QuerySigner:
         query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params]
         operation = "&".join(f"{name}={value}" for name, value in query)
         scope = f"{credentials.access_key}/{date}{self._scope_tail}"
+        if headers:
+            signed = sorted(
+                [(name.lower(), " ".join(value.split())) for name, value in headers]
+                + [("host", prefix.host)]
+            )
+            signed_names = ";".join(name for name, _ in signed)
+            signed_in_query = quote(signed_names, safe=_VALUE_SAFE)
+            canonical_headers = "".join(f"{name}:{value}\n" for name, value in signed)
+        else:  # downloads: only the host
+            signed_names = signed_in_query = "host"
+            canonical_headers = f"host:{prefix.host}\n"
         auth = [
             ("X-Amz-Algorithm", ALGORITHM),
             ("X-Amz-Credential", quote(scope, safe=_VALUE_SAFE)),
             ("X-Amz-Date", timestamp),
             ("X-Amz-Expires", str(expires)),
-            ("X-Amz-SignedHeaders", "host"),
+            ("X-Amz-SignedHeaders", signed_in_query),
         ]
         if credentials.token is not None:
             auth.append(("X-Amz-Security-Token", quote(credentials.token, safe=_VALUE_SAFE)))
@@ -150,7 +167,7 @@ class QuerySigner:
         canonical_query = "&".join(f"{name}={value}" for name, value in sorted(query + auth))
         canonical_request = (
             f"{method}\n{prefix.path}{encoded_key}\n{canonical_query}\n"
-            f"host:{prefix.host}\n\nhost\n{UNSIGNED_PAYLOAD}"
+            f"{canonical_headers}\n{signed_names}\n{UNSIGNED_PAYLOAD}"
         )
         string_to_sign = (
             f"{ALGORITHM}\n{timestamp}\n{date}{self._scope_tail}\n"

@@ -8,19 +8,31 @@ database is away).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from ..core.attachment import digest_of
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import canonical_uuid
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.times import epoch_us, from_epoch_us, rfc3339
+from ..core.uploads import checksum_header, parse_sha256, part_size_for, plan_parts
 from ..data import attachments
+from ..storage.objects import (
+    StoredObject,
+    abort_multipart,
+    complete_multipart,
+    object_sha256,
+    start_multipart,
+    stored_object,
+)
 from .auth import PRINCIPAL
 from .caches import CACHES
 from .config import SETTINGS
@@ -40,12 +52,14 @@ CURSOR = re.compile(r"([0-9]{1,17})\.([0-9a-f]{32})")
 # Control characters (C0, DEL, C1) have no place in a file's name.
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-NEW_ATTACHMENT_FIELDS = frozenset({"filename", "content_type", "size_bytes"})
+NEW_ATTACHMENT_FIELDS = frozenset({"filename", "content_type", "size_bytes", "sha256"})
+# Reading an object back to check its SHA-256 may take this long per GiB (and a minute).
+VERIFY_SECONDS_PER_GIB = 120
 EDITABLE_FIELDS = frozenset({"filename", "content_type"})
 
 
 def attachment_json(row: Any) -> dict[str, Any]:
-    return {
+    shown = {
         "id": str(row["id"]),
         "filename": row["filename"],
         "content_type": row["content_type"],
@@ -53,6 +67,10 @@ def attachment_json(row: Any) -> dict[str, Any]:
         "status": "upload_pending" if row["upload_pending"] else "available",
         "created_at": rfc3339(row["created_at"]),
     }
+    digest = digest_of(row)
+    if digest is not None:
+        shown["digest"] = digest
+    return shown
 
 
 def requested_id(request: web.Request) -> uuid.UUID:
@@ -147,9 +165,9 @@ def checked_content_type(content_type: Any) -> str:
     return content_type
 
 
-async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str, int]:
-    """(filename, content_type, size_bytes) from the body, each checked as the columns
-    would."""
+async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str, int, bytes | None]:
+    """(filename, content_type, size_bytes, sha256) from the body, each checked as the
+    columns would."""
     data = await json_object(request)
     if not NEW_ATTACHMENT_FIELDS.issuperset(data):
         raise InvalidRequest("body")
@@ -160,7 +178,8 @@ async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str,
         size = int(size)  # 669.0 is an integer to JSON Schema, so to us too
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
         raise InvalidRequest("size_bytes")
-    return filename, content_type, size
+    sha256 = parse_sha256(data["sha256"]) if "sha256" in data else None
+    return filename, content_type, size, sha256
 
 
 def is_utf8(text: str) -> bool:
@@ -173,54 +192,123 @@ def is_utf8(text: str) -> bool:
 
 
 async def create(request: web.Request) -> web.Response:
-    """POST /api/v1/attachments: a new attachment, pending, and a presigned PUT for it."""
+    """POST /api/v1/attachments: a new attachment, pending, and a presigned upload for it:
+    one PUT, or above UPLOAD_SINGLE_PUT_MAX_BYTES a multipart upload's parts."""
     settings = request.app[SETTINGS]
-    filename, content_type, size = await new_attachment(request, settings.upload_max_bytes)
+    filename, content_type, size, sha256 = await new_attachment(request, settings.upload_max_bytes)
+    multipart = size > settings.upload_single_put_max_bytes
+    # Only S3's own check covers a PUT; parts are checked by reading the object back.
+    if sha256 is not None and multipart and size > settings.upload_verify_max_bytes:
+        raise InvalidRequest("sha256")
     workspace_id = request[PRINCIPAL].workspace_id
     attachment_id = uuid.uuid4()
-    bucket = settings.s3_default_bucket
-    object_key = f"{workspace_id}/{attachment_id}"
-    # Signed first: no row is left behind for an upload that could not be offered.
-    upload = await request.app[STORAGE].presign_upload(bucket, object_key, content_type, size)
-    row = await attachments.create(
-        request.app[DATABASE],
+    new = attachments.NewUpload(
         attachment_id,
         workspace_id,
-        bucket,
-        object_key,
+        settings.s3_default_bucket,
+        f"{workspace_id}/{attachment_id}",
         filename,
         content_type,
         size,
+        sha256,
     )
-    body = attachment_json(row) | {
-        "upload": {
-            "method": "PUT",
-            "url": upload.url,
-            # Signed into the URL: S3 refuses the upload without exactly these.
-            "headers": {"Content-Type": content_type, "Content-Length": str(size)},
-            "expires_at": upload.expires_text,
-        }
-    }
+    # Signed first: no row is left behind for an upload that could not be offered.
+    if multipart:
+        new, upload = await offer_parts(request, new)
+    else:
+        upload = await offer_put(request, new)
+    try:
+        row = await attachments.create(request.app[DATABASE], new)
+    except BaseException:
+        if new.multipart_upload_id is not None:
+            client = request.app[STORAGE].internal_client()
+            await asyncio.shield(
+                abort_multipart(client, new.bucket, new.object_key, new.multipart_upload_id)
+            )
+        raise
+    body = attachment_json(row) | {"upload": upload}
     location = request.app.router["attachment"].url_for(id=str(attachment_id))
     return web.json_response(body, status=201, headers={"Location": str(location)})
 
 
+async def offer_put(request: web.Request, new: attachments.NewUpload) -> dict[str, Any]:
+    """One presigned PUT, with what it signs: S3 refuses it without exactly these headers."""
+    url = await request.app[STORAGE].presign_upload(
+        new.bucket, new.object_key, new.content_type, new.size, new.sha256
+    )
+    headers = {"Content-Type": new.content_type, "Content-Length": str(new.size)}
+    if new.sha256 is not None:
+        headers["x-amz-checksum-sha256"] = checksum_header(new.sha256)
+    return {"method": "PUT", "url": url.url, "headers": headers, "expires_at": url.expires_text}
+
+
+async def offer_parts(
+    request: web.Request, new: attachments.NewUpload
+) -> tuple[attachments.NewUpload, dict[str, Any]]:
+    """A multipart upload begun in S3, and a presigned PUT for each of its parts."""
+    settings = request.app[SETTINGS]
+    storage = request.app[STORAGE]
+    part_size = part_size_for(new.size, settings.upload_part_bytes)
+    plan = plan_parts(new.size, part_size)
+    upload_id = await start_multipart(
+        storage.internal_client(), new.bucket, new.object_key, new.content_type
+    )
+    try:
+        urls = await storage.presign_parts(new.bucket, new.object_key, upload_id, plan)
+    except BaseException:
+        client = storage.internal_client()
+        await asyncio.shield(abort_multipart(client, new.bucket, new.object_key, upload_id))
+        raise
+    parts = [
+        {"number": part.number, "url": url.url, "size": part.size}
+        for part, url in zip(plan, urls, strict=True)
+    ]
+    expires = min(urls, key=lambda url: url.expires_at_us).expires_text
+    upload = {"method": "PUT", "parts": parts, "part_size_bytes": part_size, "expires_at": expires}
+    return replace(new, multipart_upload_id=upload_id, part_size=part_size), upload
+
+
 async def complete(request: web.Request) -> web.Response:
-    """POST /api/v1/attachments/{id}/complete: confirm the upload (HEAD the object, record
-    its size). Confirming twice answers the same; a missing or wrong-sized object is 409."""
+    """POST /api/v1/attachments/{id}/complete: confirm the upload (complete its parts, then
+    HEAD the object: its size, and its SHA-256 when declared). Confirming twice answers the
+    same; a missing part, a missing object, another size or other bytes is 409."""
     attachment_id = requested_id(request)
     workspace_id = request[PRINCIPAL].workspace_id
     db = request.app[DATABASE]
     row = await attachments.upload_of(db, attachment_id, workspace_id)
     if row["upload_pending"]:
-        size = await request.app[STORAGE].stored_size(row["bucket"], row["object_key"])
-        if size is None:
+        client = request.app[STORAGE].internal_client()
+        bucket, key = row["bucket"], row["object_key"]
+        if row["multipart_upload_id"] is not None:
+            plan = plan_parts(row["size_bytes"], row["part_size_bytes"])
+            if not await complete_multipart(client, bucket, key, row["multipart_upload_id"], plan):
+                raise Problem("upload_incomplete", reason="upload_parts")
+        stored = await stored_object(client, bucket, key)
+        if stored is None:
             raise Problem("upload_incomplete", reason="upload_missing")
-        if size != row["size_bytes"]:
+        if stored.size != row["size_bytes"]:
             raise Problem("upload_incomplete", reason="upload_size")
-        row = await attachments.confirm(db, attachment_id, workspace_id, size)
+        if row["sha256"] is not None:
+            await check_sha256(request, row, stored)
+        row = await attachments.confirm(db, attachment_id, workspace_id, stored.size)
         forget(request, attachment_id)
     return web.json_response(attachment_json(row))
+
+
+async def check_sha256(request: web.Request, row: Any, stored: StoredObject) -> None:
+    """The stored bytes are those declared: by the checksum S3 verified when it took them,
+    else by reading them back (up to UPLOAD_VERIFY_MAX_BYTES)."""
+    declared: bytes = row["sha256"]
+    if stored.sha256_base64 is not None:
+        same = stored.sha256_base64 == checksum_header(declared)
+    elif stored.size <= request.app[SETTINGS].upload_verify_max_bytes:
+        seconds = 60 + VERIFY_SECONDS_PER_GIB * stored.size / 1024**3
+        client = request.app[STORAGE].internal_client()
+        same = await object_sha256(client, row["bucket"], row["object_key"], seconds) == declared
+    else:
+        raise Problem("upload_incomplete", reason="checksum_unverifiable")
+    if not same:
+        raise Problem("upload_incomplete", reason="upload_checksum")
 
 
 async def update(request: web.Request) -> web.Response:

@@ -120,7 +120,7 @@ async def download(request: web.Request) -> web.Response:
 
 def link_json(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> dict[str, Any]:
     """The URL as data: asked for explicitly, so it may be in a body (never in logs)."""
-    return {
+    link = {
         "url": presigned.url,
         "method": method,
         "expires_at": presigned.expires_text,
@@ -128,6 +128,9 @@ def link_json(method: str, target: AttachmentTarget, presigned: PresignedUrl) ->
         "content_type": target.content_type,
         "size_bytes": target.size_bytes,
     }
+    if target.digest is not None:
+        link["digest"] = target.digest
+    return link
 
 
 def link_response(method: str, target: AttachmentTarget, presigned: PresignedUrl) -> web.Response:

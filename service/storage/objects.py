@@ -1,0 +1,153 @@
+"""The S3 calls the gateway itself makes for uploads through the API, on the internal
+endpoint: what is stored (size and checksum), its SHA-256 read back, and the life of a
+multipart upload. Each call is bounded in time; an S3 failure is StorageUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..core.errors import StorageUnavailable
+from ..core.uploads import Part
+
+log = logging.getLogger(__name__)
+
+# A HEAD or a listing on the request path waits this long at most.
+HEAD_TIMEOUT_SECONDS = 10.0
+# S3 may take a while to assemble a large object (it answers CompleteMultipartUpload late).
+COMPLETE_TIMEOUT_SECONDS = 120.0
+# What S3 answers for an object or an upload that is not there.
+NOT_THERE = ("404", "NoSuchKey", "NotFound")
+NO_SUCH_UPLOAD = "NoSuchUpload"
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    size: int
+    # x-amz-checksum-sha256 of the whole object, when the storage keeps one (a multipart
+    # upload's is a checksum of its parts' checksums, "...-N": not the object's).
+    sha256_base64: str | None
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code"))
+
+
+@asynccontextmanager
+async def storage_call(
+    what: str, seconds: float, expected: tuple[str, ...] = ()
+) -> AsyncIterator[None]:
+    """Bounded, and any failure of S3 or of the way there is StorageUnavailable with S3's
+    error code, logged by its kind only (S3's messages may carry the request) unless it is
+    one of the `expected` answers."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except ClientError as exc:
+        code = error_code(exc)
+        if code not in expected:
+            log.warning("%s failed: %s", what, code)
+        raise StorageUnavailable(code) from exc
+    except (BotoCoreError, OSError, TimeoutError) as exc:
+        log.warning("%s failed: %s", what, type(exc).__name__)
+        raise StorageUnavailable(type(exc).__name__) from exc
+
+
+async def stored_object(client: Any, bucket: str, key: str) -> StoredObject | None:
+    """The object's size and checksum, or None when it is not there."""
+    try:
+        async with storage_call("HEAD of an upload", HEAD_TIMEOUT_SECONDS, NOT_THERE):
+            head = await client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except StorageUnavailable as exc:
+        if str(exc) in NOT_THERE:
+            return None
+        raise
+    checksum = head.get("ChecksumSHA256")
+    whole = checksum if checksum and "-" not in checksum else None
+    return StoredObject(int(head["ContentLength"]), whole)
+
+
+async def object_sha256(client: Any, bucket: str, key: str, seconds: float) -> bytes:
+    """The SHA-256 of the object's bytes, read in chunks (hashed off the event loop)."""
+    digest = hashlib.sha256()
+    async with storage_call("reading an upload back", seconds):
+        answer = await client.get_object(Bucket=bucket, Key=key)
+        async with answer["Body"] as body:
+            while chunk := await body.read(READ_CHUNK_BYTES):
+                await asyncio.to_thread(digest.update, chunk)
+    return digest.digest()
+
+
+async def start_multipart(client: Any, bucket: str, key: str, content_type: str) -> str:
+    """A new multipart upload's id."""
+    async with storage_call("starting a multipart upload", HEAD_TIMEOUT_SECONDS):
+        answer = await client.create_multipart_upload(
+            Bucket=bucket, Key=key, ContentType=content_type
+        )
+    return str(answer["UploadId"])
+
+
+async def uploaded_parts(client: Any, bucket: str, key: str, upload_id: str) -> dict[int, Any]:
+    """The parts S3 holds, by number; a part sent twice counts once, as its last copy
+    (some S3s list both)."""
+    parts: dict[int, Any] = {}
+    marker = 0
+    async with storage_call("listing an upload's parts", HEAD_TIMEOUT_SECONDS, (NO_SUCH_UPLOAD,)):
+        while True:
+            page = await client.list_parts(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+            )
+            for part in page.get("Parts", []):
+                parts[int(part["PartNumber"])] = part
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page["NextPartNumberMarker"])
+
+
+async def complete_multipart(
+    client: Any, bucket: str, key: str, upload_id: str, plan: Sequence[Part]
+) -> bool:
+    """Complete the upload from what S3 itself lists (the client sends no ETags). False,
+    and nothing done, while a part of the plan is missing or of another size. An upload S3
+    no longer knows is True: it was completed (or aborted) before, and the object decides."""
+    try:
+        parts = await uploaded_parts(client, bucket, key, upload_id)
+    except StorageUnavailable as exc:
+        if str(exc) == NO_SUCH_UPLOAD:
+            return True
+        raise
+    if [(n, int(parts[n]["Size"])) for n in sorted(parts)] != [tuple(p) for p in plan]:
+        return False
+    listed = [{"PartNumber": p.number, "ETag": parts[p.number]["ETag"]} for p in plan]
+    try:
+        async with storage_call(
+            "completing a multipart upload", COMPLETE_TIMEOUT_SECONDS, (NO_SUCH_UPLOAD,)
+        ):
+            await client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+            )
+    except StorageUnavailable as exc:
+        if str(exc) != NO_SUCH_UPLOAD:
+            raise
+    return True
+
+
+async def abort_multipart(client: Any, bucket: str, key: str, upload_id: str) -> None:
+    """Drop an upload's parts; one S3 no longer knows is already gone."""
+    try:
+        async with storage_call(
+            "aborting a multipart upload", HEAD_TIMEOUT_SECONDS, (NO_SUCH_UPLOAD,)
+        ):
+            await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except StorageUnavailable as exc:
+        if str(exc) != NO_SUCH_UPLOAD:
+            raise

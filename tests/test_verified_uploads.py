@@ -1,0 +1,253 @@
+"""Uploads through the API with a declared SHA-256, and above one PUT in parts: against
+SeaweedFS, which checks signatures and x-amz-checksum-sha256 (docs/api.md, "Verified
+uploads" says what each storage checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import uuid
+from dataclasses import replace
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from service.web.app import create_app
+from tests.support.http import assert_problem, fetch
+from tests.support.storage import BUCKET
+
+MIB = 1024 * 1024
+
+
+async def call(client, method, path, headers, **kwargs):
+    response = await client.request(method, path, headers=headers, allow_redirects=False, **kwargs)
+    return response, await response.read()
+
+
+async def put(url, body, headers):
+    # A file-like body: aiohttp streams it, and says exactly its size in Content-Length.
+    data = io.BytesIO(body)
+    async with aiohttp.ClientSession() as session:
+        async with session.put(URL(url, encoded=True), data=data, headers=headers) as response:
+            return response.status, await response.read()
+
+
+async def create(client, tenant, size, **fields):
+    document = {"filename": "data.bin", "content_type": "application/octet-stream"}
+    response, raw = await call(
+        client,
+        "POST",
+        "/api/v1/attachments",
+        tenant.auth("write"),
+        json={**document, "size_bytes": size, **fields},
+    )
+    return response, json.loads(raw)
+
+
+async def complete(client, tenant, attachment_id):
+    return await call(
+        client, "POST", f"/api/v1/attachments/{attachment_id}/complete", tenant.auth("write")
+    )
+
+
+async def downloaded(client, tenant, attachment_id):
+    _, raw = await call(
+        client,
+        "GET",
+        f"/api/v1/attachments/{attachment_id}/download",
+        tenant.auth(),
+        params={"redirect": "false"},
+    )
+    link = json.loads(raw)
+    status, body, _ = await fetch(link["url"])
+    assert status == 200
+    return link, body
+
+
+@pytest.fixture
+async def multipart_client(serve_app, settings):
+    """Parts of 5 MiB (S3's least) above one PUT of 5 MiB: a 12 MiB file is three parts."""
+    limits = replace(settings, upload_single_put_max_bytes=5 * MIB, upload_part_bytes=5 * MIB)
+    return await serve_app(create_app(limits))
+
+
+@pytest.mark.parametrize("spelling", ["hex", "HEX", "base64"])
+async def test_a_declared_sha256_is_signed_checked_and_shown(client, make_tenant, spelling):
+    tenant = await make_tenant()
+    body = b"checked bytes\n"
+    digest = hashlib.sha256(body)
+    declared = {
+        "hex": digest.hexdigest(),
+        "HEX": digest.hexdigest().upper(),
+        "base64": base64.b64encode(digest.digest()).decode(),
+    }[spelling]
+    response, created = await create(client, tenant, len(body), sha256=declared)
+    assert response.status == 201
+    assert "digest" not in created  # not known until the upload is checked
+    upload = created["upload"]
+    checksum = base64.b64encode(digest.digest()).decode()
+    assert upload["headers"] == {
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(len(body)),
+        "x-amz-checksum-sha256": checksum,
+    }
+    assert "x-amz-checksum-sha256" in URL(upload["url"]).query["X-Amz-SignedHeaders"]
+    headers = {k: v for k, v in upload["headers"].items() if k != "Content-Length"}
+    assert (await put(upload["url"], body, headers))[0] == 200
+    response, raw = await complete(client, tenant, created["id"])
+    assert response.status == 200
+    shown = json.loads(raw)
+    assert shown["digest"] == "sha256:" + digest.hexdigest()
+    response, raw = await call(client, "GET", f"/api/v1/attachments/{created['id']}", tenant.auth())
+    assert json.loads(raw)["digest"] == shown["digest"]
+    link, fetched = await downloaded(client, tenant, created["id"])
+    assert fetched == body and link["digest"] == shown["digest"]
+
+
+async def test_storage_refuses_other_bytes_and_a_missing_checksum_header(client, make_tenant):
+    tenant = await make_tenant()
+    body = b"the declared bytes"
+    _, created = await create(client, tenant, len(body), sha256=hashlib.sha256(body).hexdigest())
+    upload = created["upload"]
+    headers = {k: v for k, v in upload["headers"].items() if k != "Content-Length"}
+    other = b"other bytes, same len"[: len(body)]
+    status, answer = await put(upload["url"], other, headers)
+    assert status == 400 and b"BadDigest" in answer  # SeaweedFS checked the checksum
+    unsigned = {"Content-Type": headers["Content-Type"]}
+    status, answer = await put(upload["url"], body, unsigned)
+    assert status == 403  # the checksum header is signed: without it, no upload
+    response, raw = await complete(client, tenant, created["id"])
+    assert_problem(response.status, raw, "upload_incomplete")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "abc", "0" * 63, "0" * 65, "g" * 64, "A" * 44, "A" * 43, 7, None, ["0" * 64]],
+)
+async def test_a_malformed_sha256_is_400(client, make_tenant, value):
+    tenant = await make_tenant()
+    response, problem = await create(client, tenant, 3, sha256=value)
+    assert response.status == 400 and problem["problem"] == "invalid_request"
+
+
+async def test_complete_reads_back_what_the_storage_did_not_check(
+    serve_app, settings, make_tenant, seaweed_client
+):
+    """Bytes put in place by other means (no checksum stored): `complete` reads them back,
+    confirms the right ones and refuses others; above UPLOAD_VERIFY_MAX_BYTES it cannot."""
+    tenant = await make_tenant()
+    body = b"written by someone else\n"
+    declared = hashlib.sha256(body).hexdigest()
+    for verify_max, written, problem in (
+        (1024, body, None),
+        (1024, body.upper(), "upload_incomplete"),
+        (len(body) - 1, body, "upload_incomplete"),  # too big to read back: unverifiable
+    ):
+        client = await serve_app(create_app(replace(settings, upload_verify_max_bytes=verify_max)))
+        _, created = await create(client, tenant, len(body), sha256=declared)
+        key = f"{tenant.workspace_id}/{created['id']}"
+        await asyncio.to_thread(seaweed_client.put_object, Bucket=BUCKET, Key=key, Body=written)
+        response, raw = await complete(client, tenant, created["id"])
+        if problem is None:
+            assert response.status == 200
+            assert json.loads(raw)["digest"] == "sha256:" + declared
+        else:
+            assert_problem(response.status, raw, problem)
+            _, raw = await call(
+                client, "GET", f"/api/v1/attachments/{created['id']}", tenant.auth()
+            )
+            assert json.loads(raw)["status"] == "upload_pending"
+
+
+async def test_a_file_of_several_parts_goes_up_and_comes_back_equal(multipart_client, make_tenant):
+    client = multipart_client
+    tenant = await make_tenant()
+    body = os.urandom(12 * MIB + 12345)
+    declared = hashlib.sha256(body).hexdigest()
+    response, created = await create(client, tenant, len(body), sha256=declared)
+    assert response.status == 201
+    upload = created["upload"]
+    assert upload["part_size_bytes"] == 5 * MIB
+    parts = upload["parts"]
+    assert [(p["number"], p["size"]) for p in parts] == [
+        (1, 5 * MIB),
+        (2, 5 * MIB),
+        (3, 2 * MIB + 12345),
+    ]
+    pieces = [body[i : i + 5 * MIB] for i in range(0, len(body), 5 * MIB)]
+    # A part of another size than signed is refused; the parts may go in any order.
+    assert (await put(parts[0]["url"], pieces[0][:-1], {}))[0] == 403
+    for part in (parts[2], parts[0]):
+        assert (await put(part["url"], pieces[part["number"] - 1], {}))[0] == 200
+    response, raw = await complete(client, tenant, created["id"])
+    assert_problem(response.status, raw, "upload_incomplete")  # part 2 is missing
+    assert (await put(parts[1]["url"], pieces[1], {}))[0] == 200
+    assert (await put(parts[1]["url"], pieces[1], {}))[0] == 200  # sent twice: counts once
+    response, raw = await complete(client, tenant, created["id"])
+    assert response.status == 200, raw
+    assert json.loads(raw)["digest"] == "sha256:" + declared
+    response, raw = await complete(client, tenant, created["id"])  # again: the same answer
+    assert response.status == 200 and json.loads(raw)["status"] == "available"
+    _, fetched = await downloaded(client, tenant, created["id"])
+    assert fetched == body
+
+
+async def test_parts_of_other_bytes_are_refused_at_complete(multipart_client, make_tenant):
+    client = multipart_client
+    tenant = await make_tenant()
+    body = os.urandom(6 * MIB)
+    _, created = await create(client, tenant, len(body), sha256=hashlib.sha256(body).hexdigest())
+    parts = created["upload"]["parts"]
+    tampered = body[: 5 * MIB] + bytes(MIB)
+    for part in parts:
+        offset = (part["number"] - 1) * 5 * MIB
+        assert (await put(part["url"], tampered[offset : offset + part["size"]], {}))[0] == 200
+    response, raw = await complete(client, tenant, created["id"])
+    assert_problem(response.status, raw, "upload_incomplete")
+
+
+async def test_a_multipart_sha256_beyond_what_can_be_read_back_is_400(
+    serve_app, settings, make_tenant
+):
+    limits = replace(
+        settings,
+        upload_single_put_max_bytes=5 * MIB,
+        upload_part_bytes=5 * MIB,
+        upload_verify_max_bytes=8 * MIB,
+    )
+    client = await serve_app(create_app(limits))
+    tenant = await make_tenant()
+    response, problem = await create(client, tenant, 9 * MIB, sha256="0" * 64)
+    assert response.status == 400 and problem["problem"] == "invalid_request"
+    response, created = await create(client, tenant, 9 * MIB)  # without one: parts
+    assert response.status == 201 and len(created["upload"]["parts"]) == 2
+
+
+async def test_purge_aborts_multipart_uploads_never_confirmed(
+    multipart_client, make_tenant, conn, cli, seaweed_client
+):
+    client = multipart_client
+    tenant = await make_tenant()
+    _, created = await create(client, tenant, 6 * MIB)
+    key = f"{tenant.workspace_id}/{created['id']}"
+    part = created["upload"]["parts"][0]
+    assert (await put(part["url"], os.urandom(part["size"]), {}))[0] == 200
+
+    def uploads_of_key():
+        listed = seaweed_client.list_multipart_uploads(Bucket=BUCKET, Prefix=key)
+        return [upload["UploadId"] for upload in listed.get("Uploads", [])]
+
+    assert len(await asyncio.to_thread(uploads_of_key)) == 1
+    await conn.execute(
+        "UPDATE attachments SET created_at = now() - interval '2 days' WHERE id = $1",
+        uuid.UUID(created["id"]),
+    )
+    await asyncio.to_thread(cli, "purge", "--older-than", "1d")
+    assert await asyncio.to_thread(uploads_of_key) == []
+    response, _ = await complete(client, tenant, created["id"])
+    assert response.status == 404
