@@ -19,6 +19,7 @@ from aiohttp import web
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import canonical_uuid
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
+from ..core.text import is_utf8
 from ..core.times import epoch_us, from_epoch_us, rfc3339
 from ..data import attachments
 from .auth import PRINCIPAL
@@ -161,15 +162,6 @@ async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str,
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
         raise InvalidRequest("size_bytes")
     return filename, content_type, size
-
-
-def is_utf8(text: str) -> bool:
-    """False for text holding lone surrogates (JSON allows "\\ud800"; UTF-8 does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def create(request: web.Request) -> web.Response:
