@@ -4,6 +4,7 @@ generated requests, zero failures."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.support.environment import AWS_ISOLATION, NO_ABUSE_LIMITS
 from tests.support.processes import Gateway
@@ -25,8 +28,16 @@ MAX_EXAMPLES = "100"  # per operation and phase
 async def test_schemathesis_finds_nothing(gateway_env, make_tenant, make_attachment, tmp_path):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
-    # CORS on, so the documented preflights meet the 204 they describe.
-    env = {**gateway_env, **NO_ABUSE_LIMITS, "CORS_ALLOWED_ORIGINS": "*"}
+    # CORS on, so the documented preflights meet the 204 they describe; secret scanning on
+    # with a key of our own, so its route is there to meet unsigned and badly signed bodies.
+    github_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = github_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    env = {
+        **gateway_env,
+        **NO_ABUSE_LIMITS,
+        "CORS_ALLOWED_ORIGINS": "*",
+        "SECRET_SCANNING_PUBLIC_KEYS": json.dumps({"f" * 64: pem}),
+    }
     gateway = Gateway(env, log=tmp_path / "gateway.log")
     try:
         await gateway.wait_ready()
@@ -73,6 +84,13 @@ async def test_schemathesis_finds_nothing(gateway_env, make_tenant, make_attachm
         # The attachments API was reached too, not only refused: created (201), read (200),
         # deleted (204), and a download or confirmation of a pending upload (409).
         assert {200, 201, 204, 409} <= set(answered)
+        # The reports route met both its refusals: headers missing, and a signature not ours.
+        reports = {
+            line["status"]
+            for line in gateway.json_lines()
+            if line.get("path") == "/api/v1/secret-scanning/reports"
+        }
+        assert {400, 403} <= reports
         preflights = [line for line in gateway.json_lines() if line.get("method") == "OPTIONS"]
         assert any(line["status"] == 204 for line in preflights)
     finally:

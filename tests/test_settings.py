@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from service.core.settings import Settings, SettingsError
 
@@ -55,8 +58,47 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("RATE_LIMIT_BURST_PER_WORKSPACE", "0"),
         ("FAILED_AUTH_PER_ADDRESS", "-0.5"),
         ("S3_PROBE_INTERVAL_SECONDS", "-1"),
+        ("SECRET_SCANNING_PER_ADDRESS", "-1"),
+        ("SECRET_SCANNING_BURST_PER_ADDRESS", "0"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def _public_pem(private_key) -> str:
+    return (
+        private_key.public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_secret_scanning_keys_are_read_by_identifier():
+    pem = _public_pem(ec.generate_private_key(ec.SECP256R1()))
+    settings = Settings.from_env({"SECRET_SCANNING_PUBLIC_KEYS": json.dumps({"abc": pem})})
+    assert list(settings.secret_scanning_keys) == ["abc"]
+    assert Settings.from_env({}).secret_scanning_keys == {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        "{}",
+        '["a PEM"]',
+        '{"abc": 5}',
+        '{"abc": "-----BEGIN PUBLIC KEY-----\\ngarbage\\n-----END PUBLIC KEY-----\\n"}',
+        "rsa",
+        "p384",
+    ],
+)
+def test_bad_secret_scanning_keys_stop_the_start_with_one_line(value):
+    if value == "rsa":
+        value = json.dumps({"abc": _public_pem(rsa.generate_private_key(65537, 2048))})
+    elif value == "p384":
+        value = json.dumps({"abc": _public_pem(ec.generate_private_key(ec.SECP384R1()))})
+    with pytest.raises(SettingsError, match=r"^SECRET_SCANNING_PUBLIC_KEYS ") as raised:
+        Settings.from_env({"SECRET_SCANNING_PUBLIC_KEYS": value})
+    assert "\n" not in str(raised.value) and "BEGIN" not in str(raised.value)

@@ -13,6 +13,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from .secret_scanning import PublicKeys, load_public_keys
+
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 # SigV4 refuses an X-Amz-Expires outside 1..604800 (seven days).
@@ -85,6 +87,9 @@ class Settings:
     failed_auth_burst_per_address: int = 20
     # Where the buckets live: "local" (each process its own) or "redis" (REDIS_URL, shared
     # by every replica; local again while Redis does not answer within the timeout).
+    # Secret-scanning reports per second and burst per client address (web/secret_scanning.py).
+    secret_scanning_per_address: float = 1.0
+    secret_scanning_burst_per_address: int = 30
     rate_limit_backend: str = "local"
     redis_url: str | None = None
     redis_timeout_seconds: float = 0.1
@@ -100,6 +105,9 @@ class Settings:
     cors_allowed_origins: str = ""
     # How long a browser may reuse a preflight's answer, in seconds.
     cors_max_age: int = 7200
+    # GitHub's secret-scanning public keys, `{"<key identifier>": "<PEM>"}`; empty: the
+    # report route is off (core/secret_scanning.py).
+    secret_scanning_public_keys: str = ""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -139,13 +147,19 @@ class Settings:
         for name in ("url_cache_size", "key_cache_size", "attachment_cache_size"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must be >= 0")
-        for name in ("rate_limit_per_key", "rate_limit_per_workspace", "failed_auth_per_address"):
+        for name in (
+            "rate_limit_per_key",
+            "rate_limit_per_workspace",
+            "failed_auth_per_address",
+            "secret_scanning_per_address",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must be 0 or more")
         for name in (
             "rate_limit_burst_per_key",
             "rate_limit_burst_per_workspace",
             "failed_auth_burst_per_address",
+            "secret_scanning_burst_per_address",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be 1 or more")
@@ -165,6 +179,10 @@ class Settings:
             raise SettingsError(f"CORS_ALLOWED_ORIGINS: {bad}") from None
         if self.cors_max_age < 0:
             raise SettingsError("CORS_MAX_AGE must be 0 or more")
+        try:
+            _report_keys(self.secret_scanning_public_keys)
+        except ValueError as bad:
+            raise SettingsError(f"SECRET_SCANNING_PUBLIC_KEYS {bad}") from None
         if self.audit_queue_size < 1 or self.audit_flush_seconds <= 0:
             raise SettingsError("AUDIT_QUEUE_SIZE and AUDIT_FLUSH_SECONDS must be positive")
         if self.audit_retention_days < 1:
@@ -195,6 +213,11 @@ class Settings:
     def cors_origins(self) -> frozenset[str]:
         """The allowed origins, lowercased; {ANY_ORIGIN} for all, empty when CORS is off."""
         return _origins(self.cors_allowed_origins)
+
+    @property
+    def secret_scanning_keys(self) -> PublicKeys:
+        """GitHub's public keys by identifier; empty when the report route is off."""
+        return _report_keys(self.secret_scanning_public_keys)
 
     @property
     def direct_database_url(self) -> str:
@@ -265,3 +288,8 @@ def _origins(spec: str) -> frozenset[str]:
         if not _ORIGIN.fullmatch(origin):
             raise ValueError(f"{origin!r} is not an origin like https://app.example.com[:port]")
     return origins
+
+
+@lru_cache(maxsize=8)
+def _report_keys(spec: str) -> PublicKeys:
+    return load_public_keys(spec) if spec else {}

@@ -22,6 +22,7 @@ from .links import download_links
 from .logs import flush_logs_context, install_log_safety
 from .metrics import METRICS, create_metrics, metrics_handler, metrics_site_context
 from .request_ids import REQUEST_IDS, RequestIds
+from .secret_scanning import REPORTS_PATH, receive_report
 from .shutdown import SHUTDOWN_CLOCK, ShutdownClock, start_shutdown_clock
 from .storage import storage_context
 from .usage import key_usage_context
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> web.Application:
         (settings.rate_limit_per_key, settings.rate_limit_burst_per_key),
         (settings.rate_limit_per_workspace, settings.rate_limit_burst_per_workspace),
         (settings.failed_auth_per_address, settings.failed_auth_burst_per_address),
+        (settings.secret_scanning_per_address, settings.secret_scanning_burst_per_address),
     )
     # One context per resource; each is closed only if it finished starting.
     app[SHUTDOWN_CLOCK] = ShutdownClock()
@@ -84,5 +86,11 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(metrics_site_context)
     for path, handler in public.items():
         app.router.add_get(path, handler)
-    app[PUBLIC_PATHS] = frozenset(public)
+    public_paths = set(public)
+    # GitHub's reports of leaked keys: signed by GitHub instead, and only when its keys are
+    # configured; otherwise the path is as unknown as any other.
+    if settings.secret_scanning_keys:
+        app.router.add_post(REPORTS_PATH, receive_report)
+        public_paths.add(REPORTS_PATH)
+    app[PUBLIC_PATHS] = frozenset(public_paths)
     return app

@@ -22,6 +22,7 @@ from ..core.attachment import digest_of
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import canonical_uuid
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
+from ..core.text import is_utf8
 from ..core.times import epoch_us, from_epoch_us, rfc3339
 from ..core.uploads import checksum_header, parse_sha256, part_size_for, plan_parts
 from ..data import attachments
@@ -180,15 +181,6 @@ async def new_attachment(request: web.Request, max_size: int) -> tuple[str, str,
         raise InvalidRequest("size_bytes")
     sha256 = parse_sha256(data["sha256"]) if "sha256" in data else None
     return filename, content_type, size, sha256
-
-
-def is_utf8(text: str) -> bool:
-    """False for text holding lone surrogates (JSON allows "\\ud800"; UTF-8 does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def create(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
-"""Abuse limits: token buckets per key, per workspace, and for failed authentication per
-client address, each answered with 429 `rate_limited`.
+"""Abuse limits: token buckets per key, per workspace, and per client address for failed
+authentication and for secret-scanning reports, each answered with 429 `rate_limited`.
 
 A bucket holds up to `burst` requests and refills at `rate` per second. With
 RATE_LIMIT_BACKEND=local the buckets are per process: N replicas (or workers) allow up to
@@ -30,7 +30,7 @@ from .config import SETTINGS
 from .problems import Problem
 
 # The policies' numbers in the shared buckets' script (RateLimits.shared_policies).
-FAILED_AUTH, KEY, WORKSPACE = 1, 2, 3
+FAILED_AUTH, KEY, WORKSPACE, REPORTS = 1, 2, 3, 4
 # After Redis failed to answer, the local buckets decide for this long before it is asked again.
 SHARED_RETRY_SECONDS = 1.0
 
@@ -114,10 +114,14 @@ class RateLimits:
         per_key: tuple[float, int],
         per_workspace: tuple[float, int],
         failed_auth_per_address: tuple[float, int],
+        reports_per_address: tuple[float, int],
     ) -> None:
         self.keys = TokenBuckets("key", *per_key)
         self.workspaces = TokenBuckets("workspace", *per_workspace)
         self.failed_auth = TokenBuckets("failed-auth", *failed_auth_per_address)
+        # Every secret-scanning report counts, signed or not: a replayed signed report
+        # costs a database write, an unsigned one a signature check.
+        self.reports = TokenBuckets("secret-scanning", *reports_per_address)
         # The buckets in Redis (RATE_LIMIT_BACKEND=redis), once the app has started.
         self.shared: SharedBuckets | None = None
 
@@ -166,11 +170,29 @@ class RateLimits:
         if verdict is not None:
             raise self.failed_auth.refusal(verdict[1])
 
+    async def admit_report(self, address: str | None) -> None:
+        """Spend one secret-scanning report of the address (of the cluster's bucket when
+        limits are shared), or raise the 429."""
+        reports = self.reports
+        if not reports.enabled:
+            return
+        if self.shared is not None:
+            try:
+                verdict = await self.shared.ask([(REPORTS, True, str(address))])
+            except SharedLimitsDown:
+                pass  # this process's bucket decides meanwhile
+            else:
+                if verdict is not None:
+                    raise reports.refusal(verdict[1])
+                return
+        if not reports.take(address):
+            raise reports.refused(address)
+
     def shared_policies(self) -> list[Policy]:
-        """The policies as SharedBuckets numbers them (FAILED_AUTH, KEY, WORKSPACE)."""
+        """The policies as SharedBuckets numbers them (FAILED_AUTH, KEY, WORKSPACE, REPORTS)."""
         return [
             Policy(buckets.name, buckets.rate, buckets.burst)
-            for buckets in (self.failed_auth, self.keys, self.workspaces)
+            for buckets in (self.failed_auth, self.keys, self.workspaces, self.reports)
         ]
 
     def admit(self, key_id: Hashable, workspace_id: Hashable, requests: int = 1) -> None:

@@ -50,8 +50,12 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "unauthorized": ProblemType(
         401, "Unauthorized", "Authentication required. Please provide a valid API token"
     ),
+    # A secret-scanning report without its two signature headers, each given once.
+    "signature_missing": ProblemType(400, "Bad Request", "The request could not be understood"),
     "forbidden": _FORBIDDEN,
     "insufficient_scope": _FORBIDDEN,
+    # A secret-scanning report whose signature is not by a configured key, or not of its body.
+    "signature_invalid": _FORBIDDEN,
     "not_found": ProblemType(404, "Not Found", "The requested resource was not found"),
     "method_not_allowed": ProblemType(
         405, "Method Not Allowed", "The request method is not allowed for this resource"

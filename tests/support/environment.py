@@ -28,6 +28,7 @@ NO_ABUSE_LIMITS = {
     "RATE_LIMIT_PER_KEY": "0",
     "RATE_LIMIT_PER_WORKSPACE": "0",
     "FAILED_AUTH_PER_ADDRESS": "0",
+    "SECRET_SCANNING_PER_ADDRESS": "0",
 }
 # Every request goes to the database: no key, attachment or URL is served from memory.
 NO_CACHES = {"KEY_CACHE_SIZE": "0", "ATTACHMENT_CACHE_SIZE": "0", "URL_CACHE_SIZE": "0"}
