@@ -40,6 +40,8 @@ OPERATION_FOR_METHOD = {"GET": "get_object", "HEAD": "head_object"}
 UPLOAD_URL_SECONDS = 900
 # A HEAD on the request path (confirming an upload) waits this long at most.
 HEAD_TIMEOUT_SECONDS = 10.0
+# botocore's own default.
+DEFAULT_CONNECTIONS = 10
 # What S3 answers to HEAD for an object that is not there.
 NOT_THERE = ("404", "NoSuchKey", "NotFound")
 
@@ -156,8 +158,14 @@ def signed_at(url: str) -> datetime:
     return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-async def _client_context(settings: Settings, endpoint: str | None, session: Any = None) -> Any:
-    """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing."""
+async def _client_context(
+    settings: Settings,
+    endpoint: str | None,
+    session: Any = None,
+    connections: int = DEFAULT_CONNECTIONS,
+) -> Any:
+    """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing,
+    keeping up to `connections` connections open."""
     session = session or get_session()
     region = settings.s3_region or session.get_config_variable("region")
     if not endpoint and not region:
@@ -170,6 +178,7 @@ async def _client_context(settings: Settings, endpoint: str | None, session: Any
         connect_timeout=5,
         read_timeout=60,
         retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=connections,
     )
     return session.create_client(
         "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
@@ -199,7 +208,10 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
 
 
 @contextlib.asynccontextmanager
-async def internal_client(settings: Settings) -> AsyncIterator[Any]:
+async def internal_client(
+    settings: Settings, connections: int = DEFAULT_CONNECTIONS
+) -> AsyncIterator[Any]:
     """A client for S3 API calls (uploads, bucket set-up) on the internal endpoint."""
-    async with await _client_context(settings, settings.s3_endpoint_url) as client:
+    context = await _client_context(settings, settings.s3_endpoint_url, connections=connections)
+    async with context as client:
         yield client
