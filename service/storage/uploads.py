@@ -98,8 +98,9 @@ async def _upload(
             ContentType=content_type,
             ChecksumSHA256=part.checksum,
         )
-        advance(size)
-        return Uploaded(size, whole.hexdigest())
+        advance(len(part.body))
+        return Uploaded(len(part.body), whole.hexdigest())
+    part_size = part_size_for(size)  # before the upload: a file S3 cannot store opens none
     upload = await client.create_multipart_upload(
         Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
     )
@@ -109,7 +110,7 @@ async def _upload(
         whole = hashlib.sha256()
         with path.open("rb") as file:
             parts, sent_bytes = await _send_parts(
-                client, target, file, part_size_for(size), whole, parallel, advance
+                client, target, file, part_size, whole, parallel, advance
             )
         await client.complete_multipart_upload(**target, MultipartUpload={"Parts": parts})
     except BaseException:
