@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
 import uuid
@@ -17,7 +22,8 @@ from service.devstack.ports import free_port
 from service.devstack.seaweed import S3Server, ensure_bucket
 from service.storage.uploads import PART_SIZE
 from service.web.app import create_app
-from tests.support.environment import process_env
+from tests.support.environment import gateway_env, process_env
+from tests.support.proxy import RecordingHttpProxy
 from tests.support.storage import BUCKET
 
 TOKEN_SHAPE = r"^ixk_[0-9A-Za-z]{38}$"
@@ -37,6 +43,31 @@ def moto_s3():
 
 def as_json(result):
     return json.loads(result.stdout)
+
+
+def three_part_file(tmp_path):
+    """A file of three parts, the last one short; and its bytes."""
+    path = tmp_path / "big.bin"
+    body = os.urandom(PART_SIZE * 2 + 12345)
+    path.write_bytes(body)
+    return path, body
+
+
+def add_file(cli, workspace, path, *options, **run):
+    """`attachment add --json` of `path`: what it printed."""
+    return as_json(
+        cli("attachment", "add", "--workspace", workspace, str(path), *options, "--json", **run)
+    )
+
+
+def base64_sha256(data):
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def open_uploads(s3, workspace):
+    """The workspace's multipart uploads still open in the suite's bucket."""
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{workspace}/")
+    return uploads.get("Uploads", [])
 
 
 @pytest.mark.slow
@@ -95,17 +126,22 @@ def test_keys_are_shown_once_and_listed_without_secrets(cli):
 
 
 @pytest.mark.slow
-async def test_attachment_add_uploads_and_the_gateway_serves_it(cli, serve_app, settings, tmp_path):
+async def test_attachment_add_uploads_and_the_gateway_serves_it(
+    cli, serve_app, settings, seaweed_client, tmp_path
+):
     workspace = as_json(cli("workspace", "create", "Files", "--json"))["id"]
     token = as_json(cli("key", "create", "--workspace", workspace, "--json"))["token"]
     path = tmp_path / "résumé.pdf"
     body = os.urandom(100_000)
     path.write_bytes(body)
-    added = as_json(cli("attachment", "add", "--workspace", workspace, str(path), "--json"))
+    added = add_file(cli, workspace, path)
     assert added["filename"] == "résumé.pdf"
     assert added["content_type"] == "application/pdf"
     assert added["size_bytes"] == len(body)
     assert added["bucket"] == BUCKET
+    assert added["sha256"] == hashlib.sha256(body).hexdigest()
+    head = seaweed_client.head_object(Bucket=BUCKET, Key=added["key"], ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == base64_sha256(body)  # sent with the PUT, and checked
 
     client = await serve_app(create_app(settings))
     response = await client.get(
@@ -139,30 +175,106 @@ async def test_attachment_add_uploads_and_the_gateway_serves_it(cli, serve_app, 
 @pytest.mark.slow
 def test_large_files_go_up_in_parts(cli, moto_s3, tmp_path):
     workspace = as_json(cli("workspace", "create", "Big", "--json"))["id"]
-    path = tmp_path / "big.bin"
-    body = os.urandom(PART_SIZE * 2 + 12345)
-    path.write_bytes(body)
-    added = as_json(
-        cli(
-            "attachment",
-            "add",
-            "--workspace",
-            workspace,
-            str(path),
-            "--bucket",
-            "uploads",
-            "--content-type",
-            "application/x-big",
-            "--json",
-            s3=moto_s3,
-        )
-    )
+    path, body = three_part_file(tmp_path)
+    options = ("--bucket", "uploads", "--content-type", "application/x-big")
+    added = add_file(cli, workspace, path, *options, s3=moto_s3)
     s3 = moto_s3.client()
     head = s3.head_object(Bucket="uploads", Key=added["key"])
     assert head["ETag"].strip('"').endswith("-3")  # three parts
     assert head["ContentLength"] == len(body)
     assert s3.get_object(Bucket="uploads", Key=added["key"])["Body"].read() == body
     assert s3.list_multipart_uploads(Bucket="uploads").get("Uploads", []) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["1", "4"])
+def test_parts_go_up_in_parallel_and_seaweedfs_verifies_each(
+    cli, seaweed_client, tmp_path, parallel
+):
+    workspace = as_json(cli("workspace", "create", "Parallel", "--json"))["id"]
+    path, body = three_part_file(tmp_path)
+    added = add_file(cli, workspace, path, "--parallel", parallel)
+    assert added["size_bytes"] == len(body)
+    assert added["sha256"] == hashlib.sha256(body).hexdigest()
+    s3 = seaweed_client
+    assert s3.get_object(Bucket=BUCKET, Key=added["key"])["Body"].read() == body
+    # S3's composite checksum: the SHA-256 of the parts' SHA-256s, in part order.
+    parts = [body[start : start + PART_SIZE] for start in range(0, len(body), PART_SIZE)]
+    composite = base64_sha256(b"".join(hashlib.sha256(part).digest() for part in parts))
+    head = s3.head_object(Bucket=BUCKET, Key=added["key"], ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == f"{composite}-3"
+    assert open_uploads(s3, workspace) == []
+
+
+@pytest.mark.slow
+async def test_a_part_damaged_on_the_way_is_refused_and_the_upload_aborted(
+    cli, conn, seaweed, seaweed_client, tmp_path
+):
+    workspace = as_json(cli("workspace", "create", "Damaged", "--json"))["id"]
+    path, _ = three_part_file(tmp_path)
+    async with RecordingHttpProxy(seaweed.endpoint_url, damaged_part=2) as proxy:
+        through_proxy = S3Server(proxy.url, seaweed.access_key, seaweed.secret_key)
+        # In a thread: the proxy serves on this test's event loop meanwhile.
+        failed = await asyncio.to_thread(
+            cli,
+            "attachment",
+            "add",
+            "--workspace",
+            workspace,
+            str(path),
+            s3=through_proxy,
+            expect=1,
+        )
+    assert failed.stderr.startswith("attachments-gateway: error: upload failed: ")
+    assert "BadDigest" in failed.stderr and failed.stderr.count("\n") == 1
+    methods = [(method, path_qs) for method, path_qs, _ in proxy.requests]
+    aborts = [i for i, (method, path_qs) in enumerate(methods) if method == "DELETE"]
+    assert len(aborts) == 1 and aborts[0] == len(methods) - 1  # no part sent after the abort
+    assert any("partNumber=2" in path_qs for _, path_qs in methods)
+    assert open_uploads(seaweed_client, workspace) == []
+    assert seaweed_client.list_objects_v2(Bucket=BUCKET, Prefix=f"{workspace}/")["KeyCount"] == 0
+    registered = "SELECT count(*) FROM attachments WHERE workspace_id = $1"
+    assert await conn.fetchval(registered, uuid.UUID(workspace)) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "17", "many"])
+@pytest.mark.slow
+def test_a_bad_parallel_value_is_one_line_and_exit_2(cli, tmp_path, value):
+    workspace = as_json(cli("workspace", "create", "Bad parallel", "--json"))["id"]
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"data")
+    refused = cli(
+        "attachment", "add", "--workspace", workspace, str(path), "--parallel", value, expect=2
+    )
+    assert "--parallel" in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_progress_bar_advances_as_parts_finish(cli, database_url, moto_s3, tmp_path):
+    workspace = as_json(cli("workspace", "create", "Progress", "--json"))["id"]
+    path, _ = three_part_file(tmp_path)
+    # The bar is drawn only on a terminal: stderr is one here.
+    terminal, stderr = pty.openpty()
+    try:
+        add = [*("attachment", "add", "--workspace", workspace, str(path)), "--bucket", "uploads"]
+        result = subprocess.run(
+            [sys.executable, "-m", "service", *add],
+            env=gateway_env(database_url, moto_s3),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            timeout=120,
+        )
+        drawn = os.read(terminal, 65536).decode()
+    finally:
+        os.close(terminal)
+        os.close(stderr)
+    assert result.returncode == 0
+    shares = [float(share) for share in re.findall(r"\] +([\d.]+)%", drawn)]
+    # Once per part as it finishes, in whatever order they finish (the short last part
+    # often first): 0.1% for it alone, 50.0% for a full part (or one and the short one).
+    assert len(shares) == 3 and shares == sorted(shares) and shares[-1] == 100.0
+    assert set(shares) <= {0.1, 50.0, 99.9, 100.0}
+    assert drawn.endswith("100.0% 16.0/16.0 MiB\r\n")
 
 
 @pytest.mark.slow

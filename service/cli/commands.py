@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..core.errors import (
     DatabaseUnavailable,
     KeyNotRotatable,
+    ObjectTooLarge,
     StorageNotConfigured,
     StorageUnavailable,
 )
@@ -31,7 +32,7 @@ from ..data.migrations import apply_migrations
 from ..data.pool import UNAVAILABLE_ERRORS
 from ..devstack.demo import StateFileError, ensure_demo
 from ..storage.client import internal_client
-from ..storage.uploads import TerminalProgress, upload_file
+from ..storage.uploads import MAX_PARALLEL_PARTS, TerminalProgress, upload_file
 
 
 class UsageError(Exception):
@@ -61,7 +62,7 @@ def reported() -> Iterator[None]:
     commands' errors are translated (each command just lets them rise)."""
     try:
         yield
-    except (StorageNotConfigured, StateFileError, KeyNotRotatable) as exc:
+    except (StorageNotConfigured, StateFileError, KeyNotRotatable, ObjectTooLarge) as exc:
         raise UsageError(str(exc)) from None
     except StorageUnavailable as exc:
         raise Unavailable(str(exc)) from None
@@ -277,6 +278,8 @@ def _content_type(value: str | None, filename: str) -> str:
 
 async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result:
     workspace_id = parse_uuid(args.workspace, "workspace")
+    if not 1 <= args.parallel <= MAX_PARALLEL_PARTS:
+        raise UsageError(f"--parallel must be between 1 and {MAX_PARALLEL_PARTS}")
     path = Path(args.path)
     if not path.is_file():  # noqa: ASYNC240 - one stat before any I/O starts
         raise UsageError(f"{path} is not a readable file")
@@ -289,8 +292,11 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
         if not await admin.workspace_exists(conn, workspace_id):
             raise UsageError(f"no workspace {workspace_id}")
         progress = TerminalProgress(path.stat().st_size)  # noqa: ASYNC240 - one stat
-        async with internal_client(settings) as s3:
-            size = await upload_file(s3, bucket, object_key, path, content_type, progress)
+        # A connection for each part in flight, or parts would queue for one.
+        async with internal_client(settings, connections=args.parallel) as s3:
+            uploaded = await upload_file(
+                s3, bucket, object_key, path, content_type, progress, args.parallel
+            )
         await admin.register_attachment(
             conn,
             workspace_id,
@@ -298,13 +304,15 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
             object_key=object_key,
             filename=filename,
             content_type=content_type,
-            size_bytes=size,
+            size_bytes=uploaded.size,
             attachment_id=attachment_id,
         )
     data = _attachment_data(
-        attachment_id, workspace_id, bucket, object_key, filename, content_type, size
+        attachment_id, workspace_id, bucket, object_key, filename, content_type, uploaded.size
     )
-    return Result(f"added attachment {attachment_id} ({filename}, {size} bytes)", data)
+    data["sha256"] = uploaded.sha256_hex
+    human = f"added attachment {attachment_id} ({filename}, {uploaded.size} bytes)"
+    return Result(f"{human}\nsha256 {uploaded.sha256_hex}", data)
 
 
 async def attachment_register(settings: Settings, args: argparse.Namespace) -> Result:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..core.settings import Settings, SettingsError
 from ..data.migrations import MigrationError
+from ..storage.uploads import DEFAULT_PARALLEL_PARTS, MAX_PARALLEL_PARTS
 from . import commands
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--filename")
     add.add_argument("--content-type")
     add.add_argument("--bucket")
+    add.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL_PARTS,
+        metavar="N",
+        help=f"parts sent at once, 1 to {MAX_PARALLEL_PARTS} (default {DEFAULT_PARALLEL_PARTS})",
+    )
     add.add_argument("--json", action="store_true")
     register = attachment.add_parser("register", help="register an object already in S3")
     register.add_argument("--workspace", required=True)

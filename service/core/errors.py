@@ -47,3 +47,7 @@ class InvalidRequest(GatewayError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ObjectTooLarge(GatewayError):
+    """A file larger than S3 stores in one object (5 TiB)."""

@@ -48,6 +48,8 @@ SIGNED_HEADER_FOR = {
     "ChecksumSHA256": "x-amz-checksum-sha256",
 }
 QUERY_FOR = {"UploadId": "uploadId", "PartNumber": "partNumber"}
+# botocore's own default.
+DEFAULT_CONNECTIONS = 10
 
 
 @dataclass(slots=True)
@@ -178,8 +180,14 @@ def signed_at(url: str) -> datetime:
     return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-async def _client_context(settings: Settings, endpoint: str | None, session: Any = None) -> Any:
-    """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing."""
+async def _client_context(
+    settings: Settings,
+    endpoint: str | None,
+    session: Any = None,
+    connections: int = DEFAULT_CONNECTIONS,
+) -> Any:
+    """An aiobotocore S3 client context for `endpoint`, SigV4, with the configured addressing,
+    keeping up to `connections` connections open."""
     session = session or get_session()
     region = settings.s3_region or session.get_config_variable("region")
     if not endpoint and not region:
@@ -192,6 +200,7 @@ async def _client_context(settings: Settings, endpoint: str | None, session: Any
         connect_timeout=5,
         read_timeout=60,
         retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=connections,
     )
     return session.create_client(
         "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
@@ -221,7 +230,10 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
 
 
 @contextlib.asynccontextmanager
-async def internal_client(settings: Settings) -> AsyncIterator[Any]:
+async def internal_client(
+    settings: Settings, connections: int = DEFAULT_CONNECTIONS
+) -> AsyncIterator[Any]:
     """A client for S3 API calls (uploads, bucket set-up) on the internal endpoint."""
-    async with await _client_context(settings, settings.s3_endpoint_url) as client:
+    context = await _client_context(settings, settings.s3_endpoint_url, connections=connections)
+    async with context as client:
         yield client

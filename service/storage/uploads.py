@@ -1,22 +1,62 @@
-"""Uploading a local file to S3: one PUT for small files, multipart for large ones."""
+"""Uploading a local file to S3: one PUT for small files, multipart for large ones.
+
+S3 verifies every byte: the file's SHA-256 is computed while it is read, and each PUT
+and part carries its own `ChecksumSHA256`, so a body damaged on the way is refused
+(400 BadDigest) instead of stored.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..core.errors import StorageUnavailable
+from ..core.errors import ObjectTooLarge, StorageUnavailable
 
+MIB = 1024 * 1024
 # S3's minimum part size is 5 MiB; 8 MiB parts keep memory flat and retries cheap.
-PART_SIZE = 8 * 1024 * 1024
+PART_SIZE = 8 * MIB
 MULTIPART_THRESHOLD = PART_SIZE
+# S3's own limits: 10,000 parts of 5 MiB to 5 GiB, objects up to 5 TiB (whose 10,000th
+# part, 525 MiB, stays well below 5 GiB).
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB
+# Parts in flight at once: each holds its part in memory until S3 has taken it.
+DEFAULT_PARALLEL_PARTS = 4
+MAX_PARALLEL_PARTS = 16
 
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """What went up: the bytes read and the SHA-256 of exactly those bytes (hex)."""
+
+    size: int
+    sha256_hex: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    body: bytes
+    checksum: str  # base64 of the part's SHA-256, as S3 takes it
+
+
+def part_size_for(size: int) -> int:
+    """PART_SIZE, or the smallest whole number of MiB that keeps `size` within 10,000 parts."""
+    if size > MAX_OBJECT_SIZE:
+        raise ObjectTooLarge(f"{size} bytes: S3 stores at most 5 TiB in one object")
+    if math.ceil(size / PART_SIZE) <= MAX_PARTS:
+        return PART_SIZE
+    return math.ceil(size / MAX_PARTS / MIB) * MIB
 
 
 async def upload_file(
@@ -26,10 +66,12 @@ async def upload_file(
     path: Path,
     content_type: str,
     progress: Progress | None = None,
-) -> int:
-    """Upload `path` to `bucket/key`; returns its size. File reads run off the event loop."""
+    parallel: int = DEFAULT_PARALLEL_PARTS,
+) -> Uploaded:
+    """Upload `path` to `bucket/key`, up to `parallel` parts at once. File reads and
+    hashing run off the event loop."""
     try:
-        return await _upload(client, bucket, key, path, content_type, progress)
+        return await _upload(client, bucket, key, path, content_type, progress, parallel)
     except (BotoCoreError, ClientError) as exc:
         raise StorageUnavailable(f"upload failed: {exc}") from None
 
@@ -41,41 +83,101 @@ async def _upload(
     path: Path,
     content_type: str,
     progress: Progress | None,
-) -> int:
+    parallel: int,
+) -> Uploaded:
     size = (await asyncio.to_thread(path.stat)).st_size
     advance = progress or (lambda _n: None)
     if size < MULTIPART_THRESHOLD:
-        body = await asyncio.to_thread(path.read_bytes)
-        await client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-        advance(size)
-        return size
-    upload = await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
-    upload_id = upload["UploadId"]
-    try:
-        parts = []
+        whole = hashlib.sha256()
         with path.open("rb") as file:
-            part_number = 1
-            while chunk := await asyncio.to_thread(_read, file):
-                answer = await client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=chunk
-                )
-                parts.append({"ETag": answer["ETag"], "PartNumber": part_number})
-                advance(len(chunk))
-                part_number += 1
-        await client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            part = await asyncio.to_thread(_read_part, file, size, whole)
+        await client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=part.body,
+            ContentType=content_type,
+            ChecksumSHA256=part.checksum,
         )
+        advance(len(part.body))
+        return Uploaded(len(part.body), whole.hexdigest())
+    part_size = part_size_for(size)  # before the upload: a file S3 cannot store opens none
+    upload = await client.create_multipart_upload(
+        Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+    )
+    upload_id = upload["UploadId"]
+    target = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+    try:
+        whole = hashlib.sha256()
+        with path.open("rb") as file:
+            parts, sent_bytes = await _send_parts(
+                client, target, file, part_size, whole, parallel, advance
+            )
+        await client.complete_multipart_upload(**target, MultipartUpload={"Parts": parts})
     except BaseException:
-        # Never leave billed, invisible parts behind.
-        await asyncio.shield(
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        )
+        # Never leave billed, invisible parts behind (no part task is running by now).
+        await asyncio.shield(client.abort_multipart_upload(**target))
         raise
-    return size
+    return Uploaded(sent_bytes, whole.hexdigest())
 
 
-def _read(file: BinaryIO) -> bytes:
-    return file.read(PART_SIZE)
+async def _send_parts(
+    client: Any,
+    target: dict[str, str],
+    file: BinaryIO,
+    part_size: int,
+    whole: Any,
+    parallel: int,
+    advance: Progress,
+) -> tuple[list[dict[str, Any]], int]:
+    """Read `file` in order, hashing it into `whole`, and send up to `parallel` parts at
+    once; returns the Parts list for complete, in part-number order, and the bytes sent.
+
+    A slot is taken before a part is read and given back once S3 has it, so at most
+    `parallel` parts are in memory. The first failure cancels every other part, and the
+    task group waits until none runs."""
+    slots = asyncio.Semaphore(parallel)
+    sent: dict[int, dict[str, Any]] = {}
+    read_bytes = 0
+
+    async def send(number: int, part: _Part) -> None:
+        try:
+            answer = await client.upload_part(
+                **target, PartNumber=number, Body=part.body, ChecksumSHA256=part.checksum
+            )
+        finally:
+            slots.release()
+        # complete needs each checksum again: list_parts does not return them.
+        sent[number] = {
+            "PartNumber": number,
+            "ETag": answer["ETag"],
+            "ChecksumSHA256": part.checksum,
+        }
+        advance(len(part.body))
+
+    try:
+        async with asyncio.TaskGroup() as sending:
+            number = 1
+            while True:
+                await slots.acquire()
+                part = await asyncio.to_thread(_read_part, file, part_size, whole)
+                if not part.body:
+                    slots.release()
+                    break
+                read_bytes += len(part.body)
+                sending.create_task(send(number, part))
+                number += 1
+    except BaseExceptionGroup as failed:
+        # One part's refusal says what went wrong; the others failing with it add nothing.
+        raise failed.exceptions[0] from None
+    return [sent[number] for number in sorted(sent)], read_bytes
+
+
+def _read_part(file: BinaryIO, part_size: int, whole: Any) -> _Part:
+    """The next part of `file`, its checksum, and `whole` advanced over it: one reader at
+    a time, so the whole file's hash sees the bytes in order."""
+    body = file.read(part_size)
+    whole.update(body)
+    return _Part(body, base64.b64encode(hashlib.sha256(body).digest()).decode("ascii"))
 
 
 class TerminalProgress:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from urllib.parse import parse_qs, urlsplit
 
 import yarl
@@ -84,10 +85,15 @@ def postgres_proxy(dsn: str, delay: float = 0.0) -> tuple[LatencyProxy, str]:
 class RecordingHttpProxy:
     """An HTTP reverse proxy in front of an S3 endpoint that remembers each request's
     headers: what a client sent on after the redirect. The Host header and the raw
-    path and query are passed on unchanged, so presigned signatures still verify."""
+    path and query are passed on unchanged, so presigned signatures still verify.
 
-    def __init__(self, target: str) -> None:
+    With `damaged_part` set it flips the first byte of every upload of that part number,
+    as a faulty network would: the signature still verifies (S3 does not check the signed
+    payload hash of a plain PUT), only the part's checksum can tell."""
+
+    def __init__(self, target: str, damaged_part: int | None = None) -> None:
         self.target = target.rstrip("/")
+        self.damaged_part = damaged_part
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.url = ""
         self._runner: object = None
@@ -99,13 +105,22 @@ class RecordingHttpProxy:
         session = aiohttp.ClientSession(auto_decompress=False)
 
         async def forward(request: web.Request) -> web.StreamResponse:
-            self.requests.append((request.method, request.path, dict(request.headers)))
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "connection"}
+            self.requests.append((request.method, request.path_qs, dict(request.headers)))
+            # The server already answered Expect: 100-continue; the body is here.
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() not in ("connection", "expect")
+            }
+            body = await request.read()
+            if body and request.query.get("partNumber") == str(self.damaged_part):
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
             async with session.request(
                 request.method,
                 yarl.URL(self.target + request.raw_path, encoded=True),
                 headers=headers,
-                data=await request.read() or None,
+                # A file-like body: aiohttp warns (an error here) about large raw bytes.
+                data=io.BytesIO(body) if body else None,
                 allow_redirects=False,
             ) as upstream:
                 body = await upstream.read()
@@ -116,7 +131,7 @@ class RecordingHttpProxy:
                 }
                 return web.Response(status=upstream.status, headers=passed, body=body)
 
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # multipart parts too
         app.router.add_route("*", "/{tail:.*}", forward)
         app.on_cleanup.append(lambda _: session.close())
         runner = web.AppRunner(app, access_log=None)
