@@ -306,6 +306,7 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
             content_type=content_type,
             size_bytes=uploaded.size,
             attachment_id=attachment_id,
+            sha256=bytes.fromhex(uploaded.sha256_hex),
         )
     data = _attachment_data(
         attachment_id, workspace_id, bucket, object_key, filename, content_type, uploaded.size

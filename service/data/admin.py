@@ -143,13 +143,15 @@ async def register_attachment(
     content_type: str = "application/octet-stream",
     size_bytes: int | None = None,
     attachment_id: uuid.UUID | None = None,
+    sha256: bytes | None = None,
 ) -> uuid.UUID:
-    """Register an object as an attachment; `attachment_id` lets an upload name its key first."""
+    """Register an object as an attachment; `attachment_id` lets an upload name its key
+    first, and `sha256` is the digest the storage checked on the way up."""
     registered: uuid.UUID = await conn.fetchval(
         """
         INSERT INTO attachments (id, workspace_id, bucket, object_key, filename, content_type,
-                                 size_bytes)
-        VALUES (coalesce($1, gen_random_uuid()), $2, $3, $4, $5, $6, $7) RETURNING id
+                                 size_bytes, sha256)
+        VALUES (coalesce($1, gen_random_uuid()), $2, $3, $4, $5, $6, $7, $8) RETURNING id
         """,
         attachment_id,
         workspace_id,
@@ -158,6 +160,7 @@ async def register_attachment(
         filename,
         content_type,
         size_bytes,
+        sha256,
     )
     return registered
 
