@@ -150,10 +150,10 @@ async def test_attachment_add_uploads_and_the_gateway_serves_it(
         allow_redirects=False,
     )
     assert response.status == 307
-    response = await client.get(
+    metadata = await client.get(
         f"/api/v1/attachments/{added['id']}", headers={"Authorization": f"Bearer {token}"}
     )
-    assert (await response.json())["digest"] == "sha256:" + added["sha256"]
+    assert (await metadata.json())["digest"] == "sha256:" + added["sha256"]
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
