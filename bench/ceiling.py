@@ -21,9 +21,19 @@ async def redirect(request: web.Request) -> web.Response:
 
 
 def main() -> None:
+    """`ceiling.py PORT [reuse]`: with "reuse", several of them can share the port
+    (SO_REUSEPORT), as the gateway's workers do (bench/workers.py)."""
     app = web.Application()
     app.router.add_get("/api/v1/attachments/{id}/download", redirect)
-    run_app(app, "127.0.0.1", int(sys.argv[1]), shutdown_timeout=1, access_log=False)
+    reuse_port = sys.argv[2:] == ["reuse"]
+    run_app(
+        app,
+        "127.0.0.1",
+        int(sys.argv[1]),
+        shutdown_timeout=1,
+        access_log=False,
+        reuse_port=reuse_port,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,138 @@
+"""`python -m bench.workers`: the gateway as shipped with `--workers 1` and `--workers 2`,
+against the ceiling in one and in two processes sharing the port (SO_REUSEPORT).
+
+The servers and wrk are not pinned, so that two workers can use two cores (the embedded
+Postgres is pinned to CPU 1, as in `make bench`). On a 2-core machine this shows how much
+a second worker gains while the load generator needs CPU too, not what two cores serve
+alone (that needs the load from another machine). Warm workload,
+one wrk run per build; results in bench/results/workers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service.core.settings import DEFAULT_MIGRATIONS_DIR
+from service.data.migrations import apply_migrations
+from service.devstack.ports import free_port
+
+from .run import (
+    HERE,
+    RESULTS,
+    SHIPPED_LIMIT,
+    WARM_UP_SECONDS,
+    WORKLOADS,
+    database,
+    ensure_wrk,
+    load_data,
+    lua_data,
+    server_env,
+    wait_listening,
+)
+
+BUILDS = (("ceiling", 1), ("ceiling", 2), ("shipped", 1), ("shipped", 2))
+
+
+def start(name: str, processes: int, port: int, database_url: str) -> list[subprocess.Popen[bytes]]:
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    if name == "ceiling":
+        command = [sys.executable, str(HERE / "ceiling.py"), str(port), "reuse"]
+        return [subprocess.Popen(command, **quiet) for _ in range(processes)]  # type: ignore[call-overload]
+    env = server_env(database_url, "INFO", audit=True)
+    for setting in ("RATE_LIMIT", "RATE_LIMIT_BURST"):
+        env[f"{setting}_PER_KEY"] = env[f"{setting}_PER_WORKSPACE"] = SHIPPED_LIMIT
+    command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
+    command += ["--workers", str(processes)]
+    return [subprocess.Popen(command, env=env, **quiet)]  # type: ignore[call-overload]
+
+
+def wrk_run(wrk: str, port: int, connections: int, seconds: int, data: Path) -> dict[str, Any]:
+    """wrk with two threads, on whichever core is free (run.run_wrk pins it)."""
+    command = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
+    command += ["-s", str(HERE / "wrk.lua"), f"http://127.0.0.1:{port}"]
+    output = subprocess.run(
+        command,
+        env={**os.environ, "BENCH_DATA": str(data)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    line = next(x for x in output.splitlines() if x.startswith("BENCH "))
+    stats = json.loads(line[6:])
+    return {
+        "rps": round(stats["requests"] / (stats["duration_us"] / 1e6)),
+        "p50_ms": stats["p50_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+        "errors": sum(stats[k] for k in ("status_errors", "timeouts", "read_errors")),
+    }
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    wrk = ensure_wrk()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    workdir = HERE / ".work"
+    workdir.mkdir(exist_ok=True)
+    database_url, stop_database = await database(args, workdir)
+    runs = []
+    try:
+        await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
+        warm = next(w for w in WORKLOADS if w.name == "warm")
+        tokens = await load_data(database_url, warm)
+        data = workdir / "warm.lua"
+        lua_data(data, warm, tokens)
+        for name, processes in BUILDS:
+            port = free_port()
+            started = start(name, processes, port, database_url)
+            try:
+                await wait_listening(port, started[0])
+                wrk_run(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
+                stats = wrk_run(wrk, port, args.connections, args.seconds, data)
+            finally:
+                for process in started:
+                    process.terminate()
+                for process in started:
+                    process.wait(20)
+            run = {"build": name, "processes": processes, **stats}
+            runs.append(run)
+            print(f"  {name:8} x{processes}  {stats}", flush=True)
+    finally:
+        stop_database()
+    by = {(run["build"], run["processes"]): run["rps"] for run in runs}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "runs": runs,
+        "gain_ceiling": round(by[("ceiling", 2)] / by[("ceiling", 1)], 2),
+        "gain_shipped": round(by[("shipped", 2)] / by[("shipped", 1)], 2),
+        "shipped_vs_ceiling_1": round(by[("shipped", 1)] / by[("ceiling", 1)], 2),
+        "shipped_vs_ceiling_2": round(by[("shipped", 2)] / by[("ceiling", 2)], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--database-url", help="use this Postgres instead of an embedded one")
+    args = parser.parse_args()
+    results = asyncio.run(measure(args))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "workers.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
