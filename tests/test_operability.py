@@ -8,6 +8,8 @@ import re
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -245,7 +247,16 @@ async def test_the_served_document_is_the_document_and_public(client):
     assert await response.json() == DOCUMENT
 
 
-async def test_served_routes_and_the_document_agree(client):
+async def test_served_routes_and_the_document_agree(serve_app, settings):
+    # Every optional route on: secret scanning is served only with its keys configured.
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    configured = replace(settings, secret_scanning_public_keys=json.dumps({"k": pem}))
+    client = await serve_app(create_app(configured))
     served = set()
     assets = docs_page().assets  # the API page's files: part of its route, not an API
     for route in client.app.router.routes():
