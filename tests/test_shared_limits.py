@@ -5,6 +5,7 @@ or slow each replica falls back to its own buckets at once, never a 5xx."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import subprocess
@@ -12,6 +13,8 @@ import time
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from service.core.tokens import generate_token
 from service.devstack.redis_server import REDIS_SERVER, redis_available, run_redis
@@ -149,3 +152,26 @@ async def test_a_batch_of_links_spends_one_token_per_id_from_the_shared_bucket(r
     assert re.search(r";r=2;", response.headers["RateLimit"])
     assert (await batch(second, 2))[0].status == 200
     assert_rate_limited(*(await download(first, attachment_id, tenant.auth())), "key", quota=6)
+
+
+async def test_secret_scanning_reports_spend_one_bucket_per_address_across_replicas(replicas):
+    """Reports count per address cluster-wide, signed or not (the limit comes first)."""
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    (first, second), _, _ = await replicas(
+        secret_scanning_public_keys=json.dumps({"k": pem}),
+        secret_scanning_per_address=0.1,
+        secret_scanning_burst_per_address=2,
+    )
+    path = "/api/v1/secret-scanning/reports"
+    for client in (first, second):  # unsigned: refused, but counted
+        response = await client.post(path, data=b"[]")
+        assert_problem(response.status, await response.read(), "signature_missing")
+    for client in (first, second):  # local buckets would still hold one each
+        response = await client.post(path, data=b"[]")
+        assert_problem(response.status, await response.read(), "rate_limited")
+        assert int(response.headers["Retry-After"]) == 10  # one report at 0.1 a second

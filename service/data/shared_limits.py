@@ -138,7 +138,7 @@ class SharedBuckets:
             raise SharedLimitsDown
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Verdict] = loop.create_future()
-        self._waiting.append(("|".join(f"{p}:{spend}:{who}" for p, spend, who in asks), future))
+        self._waiting.append(("|".join(f"{p}:{spend:d}:{who}" for p, spend, who in asks), future))
         if not self._busy:
             self._busy = True
             loop.call_soon(self._flush)

@@ -178,7 +178,7 @@ class RateLimits:
             return
         if self.shared is not None:
             try:
-                verdict = await self.shared.ask([(REPORTS, True, str(address))])
+                verdict = await self.shared.ask([(REPORTS, 1, str(address))])
             except SharedLimitsDown:
                 pass  # this process's bucket decides meanwhile
             else:
