@@ -38,6 +38,18 @@ keys = st.one_of(
 )
 
 
+# Where and with what a URL is signed: every combination must match botocore's.
+SIGNING = {
+    "endpoint": st.sampled_from(ENDPOINTS),
+    "region": st.sampled_from(REGIONS),
+    "style": st.sampled_from(["path", "virtual"]),
+    "secret": st.sampled_from(SECRETS),
+    "token": st.sampled_from(TOKENS),
+    "expires": st.integers(1, 604_800),
+    "at": st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)),
+}
+
+
 @cache
 def botocore_client(endpoint, region, style, secret, token):
     return botocore.session.get_session().create_client(
@@ -69,13 +81,7 @@ def botocore_presign(client, method, bucket, key, params, expires, at):
     key=keys,
     filename=st.text(max_size=80),
     content_type=st.sampled_from(CONTENT_TYPES),
-    endpoint=st.sampled_from(ENDPOINTS),
-    region=st.sampled_from(REGIONS),
-    style=st.sampled_from(["path", "virtual"]),
-    secret=st.sampled_from(SECRETS),
-    token=st.sampled_from(TOKENS),
-    expires=st.integers(1, 604_800),
-    at=st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)),
+    **SIGNING,
 )
 def test_urls_are_byte_identical_to_botocore(
     method, bucket, key, filename, content_type, endpoint, region, style, secret, token, expires, at
@@ -132,13 +138,7 @@ def botocore_presign_upload(client, bucket, key, params, expires, at):
     size=st.integers(0, 5 * 1024**4),
     digest=st.one_of(st.none(), st.binary(min_size=32, max_size=32)),
     part=st.one_of(st.none(), st.tuples(st.integers(1, 10_000), st.text(min_size=1))),
-    endpoint=st.sampled_from(ENDPOINTS),
-    region=st.sampled_from(REGIONS),
-    style=st.sampled_from(["path", "virtual"]),
-    secret=st.sampled_from(SECRETS),
-    token=st.sampled_from(TOKENS),
-    expires=st.integers(1, 604_800),
-    at=st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)),
+    **SIGNING,
 )
 def test_upload_urls_with_signed_headers_are_byte_identical_to_botocore(
     bucket, key, content_type, size, digest, part, endpoint, region, style, secret, token,
