@@ -334,6 +334,10 @@ def test_register_an_existing_object(cli, seaweed):
             "--filename",
             "f",
         ),
+        # Past what a date can hold: the option's line, not a traceback.
+        ("audit", "--workspace", str(uuid.uuid4()), "--since", "999999999d"),
+        ("purge", "--older-than", "999999999d", "--dry-run"),
+        ("key", "create", "--workspace", str(uuid.uuid4()), "--expires-in", "10" * 10),
         ("nonsense",),
         (),
     ],

@@ -181,7 +181,9 @@ async def key_create(settings: Settings, args: argparse.Namespace) -> Result:
     if args.expires_in is not None:
         if args.expires_in <= 0:
             raise UsageError("--expires-in must be a positive number of seconds")
-        expires_at = datetime.now(UTC) + timedelta(seconds=args.expires_in)
+        expires_at = shifted(
+            timedelta(seconds=0), args.expires_in, f"--expires-in {args.expires_in}"
+        )
     async with connect(settings) as conn:
         if not await admin.workspace_exists(conn, workspace_id):
             raise UsageError(f"no workspace {workspace_id}")
@@ -386,10 +388,19 @@ def relative_age(value: str, units: dict[str, int] = SINCE_UNITS) -> timedelta |
     return None
 
 
+def shifted(age: timedelta, ahead_seconds: int, option: str) -> datetime:
+    """Now, less `age` and plus `ahead_seconds`; a moment past what a date can hold is
+    the option's one-line error, not a traceback."""
+    try:
+        return datetime.now(UTC) - age + timedelta(seconds=ahead_seconds)
+    except OverflowError:
+        raise UsageError(f"{option}: too far from now") from None
+
+
 def parse_since(value: str) -> datetime:
     """`30m`, `12h`, `7d` ago, or an ISO 8601 moment (UTC unless it says otherwise)."""
     if (age := relative_age(value)) is not None:
-        return datetime.now(UTC) - age
+        return shifted(age, 0, f"--since {value!r}")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -438,7 +449,7 @@ def parse_overlap(value: str) -> timedelta:
 
 
 async def purge(settings: Settings, args: argparse.Namespace) -> Result:
-    cutoff = datetime.now(UTC) - parse_age(args.older_than)
+    cutoff = shifted(parse_age(args.older_than), 0, f"--older-than {args.older_than!r}")
     async with connect(settings) as conn:
         if args.dry_run:
             count = await purging.count_purgeable(conn, cutoff)
