@@ -181,9 +181,7 @@ async def key_create(settings: Settings, args: argparse.Namespace) -> Result:
     if args.expires_in is not None:
         if args.expires_in <= 0:
             raise UsageError("--expires-in must be a positive number of seconds")
-        expires_at = shifted(
-            timedelta(seconds=0), args.expires_in, f"--expires-in {args.expires_in}"
-        )
+        expires_at = shifted(timedelta(0), args.expires_in, f"--expires-in {args.expires_in}")
     async with connect(settings) as conn:
         if not await admin.workspace_exists(conn, workspace_id):
             raise UsageError(f"no workspace {workspace_id}")
