@@ -19,24 +19,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.core.settings import DEFAULT_MIGRATIONS_DIR
-from service.data.migrations import apply_migrations
-
 from .run import (
     HERE,
     SERVERS,
     SHARED_LIMITS,
     WARM_UP_SECONDS,
-    WORKLOADS,
     database,
     ensure_wrk,
     is_gateway,
     launch,
-    load_data,
-    lua_data,
     pinned,
     run_wrk,
     wait_listening,
+    warm_data,
 )
 
 
@@ -106,11 +101,7 @@ async def profile(args: argparse.Namespace, py_spy: str) -> str:
     args.database_url = None
     database_url, stop_database = await database(args, workdir)
     try:
-        await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
-        warm = next(w for w in WORKLOADS if w.name == "warm")
-        tokens = await load_data(database_url, warm)
-        data = workdir / "warm.lua"
-        lua_data(data, warm, tokens)
+        data = await warm_data(database_url, workdir)
         port, process = launch(args.server, database_url)
         try:
             await wait_listening(port, process)

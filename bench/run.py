@@ -140,6 +140,16 @@ def ensure_wrk() -> str:
     return found
 
 
+async def warm_data(database_url: str, workdir: Path) -> Path:
+    """The warm workload in a migrated database, and wrk's data file for it."""
+    await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
+    warm = next(w for w in WORKLOADS if w.name == "warm")
+    tokens = await load_data(database_url, warm)
+    data = workdir / "warm.lua"
+    lua_data(data, warm, tokens)
+    return data
+
+
 async def load_data(dsn: str, workload: Workload) -> list[str]:
     """Fresh rows with predictable ids; returns the keys' tokens, one per workspace."""
     conn = await asyncpg.connect(dsn)
@@ -289,11 +299,17 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
-def run_wrk(wrk: str, port: int, connections: int, seconds: int, data: Path) -> dict[str, Any]:
-    threads = 1 if connections <= 64 else 2
+def run_wrk(
+    wrk: str, port: int, connections: int, seconds: int, data: Path, pin: bool = True
+) -> dict[str, Any]:
+    """wrk on CPU 1 (`pin`), or with two threads wherever a core is free (bench/workers.py,
+    whose servers use both cores)."""
+    threads = 1 if connections <= 64 and pin else 2
     load = [f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
     script = ["-s", str(HERE / "wrk.lua")]
-    command = pinned(1, [wrk, *load, *script, f"http://127.0.0.1:{port}"])
+    command = [wrk, *load, *script, f"http://127.0.0.1:{port}"]
+    if pin:
+        command = pinned(1, command)
     output = subprocess.run(
         command,
         env={**os.environ, "BENCH_DATA": str(data)},

@@ -18,11 +18,8 @@ import resource
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from service.core.settings import DEFAULT_MIGRATIONS_DIR
-from service.data.migrations import apply_migrations
 from service.devstack.ports import free_port
 
 from .run import (
@@ -30,13 +27,12 @@ from .run import (
     RESULTS,
     SHIPPED_LIMIT,
     WARM_UP_SECONDS,
-    WORKLOADS,
     database,
     ensure_wrk,
-    load_data,
-    lua_data,
+    run_wrk,
     server_env,
     wait_listening,
+    warm_data,
 )
 
 BUILDS = (("ceiling", 1), ("ceiling", 2), ("shipped", 1), ("shipped", 2))
@@ -55,28 +51,6 @@ def start(name: str, processes: int, port: int, database_url: str) -> list[subpr
     return [subprocess.Popen(command, env=env, **quiet)]  # type: ignore[call-overload]
 
 
-def wrk_run(wrk: str, port: int, connections: int, seconds: int, data: Path) -> dict[str, Any]:
-    """wrk with two threads, on whichever core is free (run.run_wrk pins it)."""
-    command = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
-    command += ["-s", str(HERE / "wrk.lua"), f"http://127.0.0.1:{port}"]
-    output = subprocess.run(
-        command,
-        env={**os.environ, "BENCH_DATA": str(data)},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    ).stdout
-    line = next(x for x in output.splitlines() if x.startswith("BENCH "))
-    stats = json.loads(line[6:])
-    return {
-        "rps": round(stats["requests"] / (stats["duration_us"] / 1e6)),
-        "p50_ms": stats["p50_us"] / 1000,
-        "p99_ms": stats["p99_us"] / 1000,
-        "errors": sum(stats[k] for k in ("status_errors", "timeouts", "read_errors")),
-    }
-
-
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     wrk = ensure_wrk()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -86,18 +60,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     database_url, stop_database = await database(args, workdir)
     runs = []
     try:
-        await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
-        warm = next(w for w in WORKLOADS if w.name == "warm")
-        tokens = await load_data(database_url, warm)
-        data = workdir / "warm.lua"
-        lua_data(data, warm, tokens)
+        data = await warm_data(database_url, workdir)
         for name, processes in BUILDS:
             port = free_port()
             started = start(name, processes, port, database_url)
             try:
                 await wait_listening(port, started[0])
-                wrk_run(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
-                stats = wrk_run(wrk, port, args.connections, args.seconds, data)
+                run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data, pin=False)
+                stats = run_wrk(wrk, port, args.connections, args.seconds, data, pin=False)
             finally:
                 for process in started:
                     process.terminate()
