@@ -7,7 +7,8 @@ import math
 import pytest
 
 from service.core.errors import ObjectTooLarge
-from service.storage.uploads import MAX_OBJECT_SIZE, MAX_PARTS, MIB, PART_SIZE, part_size_for
+from service.core.uploads import MAX_PARTS, MIB
+from service.storage.uploads import MAX_OBJECT_SIZE, PART_SIZE, part_size_for
 
 
 @pytest.mark.parametrize("size", [PART_SIZE, PART_SIZE * 2 + 12345, PART_SIZE * MAX_PARTS])

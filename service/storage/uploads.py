@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,15 +19,14 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..core.errors import ObjectTooLarge, StorageUnavailable
+from ..core.uploads import MAX_OBJECT_BYTES, MIB
+from ..core.uploads import part_size_for as planned_part_size
 
-MIB = 1024 * 1024
-# S3's minimum part size is 5 MiB; 8 MiB parts keep memory flat and retries cheap.
+# S3's minimum part size is 5 MiB; 8 MiB parts keep memory flat and retries cheap. S3's
+# own limits (10,000 parts, 5 TiB, core/uploads.py) make them larger for larger files.
 PART_SIZE = 8 * MIB
 MULTIPART_THRESHOLD = PART_SIZE
-# S3's own limits: 10,000 parts of 5 MiB to 5 GiB, objects up to 5 TiB (whose 10,000th
-# part, 525 MiB, stays well below 5 GiB).
-MAX_PARTS = 10_000
-MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB
+MAX_OBJECT_SIZE = MAX_OBJECT_BYTES
 # Parts in flight at once: each holds its part in memory until S3 has taken it.
 DEFAULT_PARALLEL_PARTS = 4
 MAX_PARALLEL_PARTS = 16
@@ -54,9 +52,7 @@ def part_size_for(size: int) -> int:
     """PART_SIZE, or the smallest whole number of MiB that keeps `size` within 10,000 parts."""
     if size > MAX_OBJECT_SIZE:
         raise ObjectTooLarge(f"{size} bytes: S3 stores at most 5 TiB in one object")
-    if math.ceil(size / PART_SIZE) <= MAX_PARTS:
-        return PART_SIZE
-    return math.ceil(size / MAX_PARTS / MIB) * MIB
+    return planned_part_size(size, PART_SIZE)
 
 
 async def upload_file(
