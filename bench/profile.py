@@ -1,7 +1,8 @@
 """Where a warm request's time goes in a gateway build: py-spy under wrk.
 
-`python -m bench.profile [--server shipped] [--connections 64] [--seconds 15]`: the warm
-workload of `bench.run` (10,000 attachments, 100 keys, an embedded Postgres), one server
+`python -m bench.profile [--server shipped] [--workload warm] [--connections 64] [--seconds
+15]`: a workload of `bench.run` (warm: 10,000 attachments; cold: 1,000,000; 100 keys, an
+embedded Postgres), one server
 pinned to CPU 0, wrk on CPU 1, and py-spy sampling the server meanwhile (`pip install
 py-spy`). Prints the share of samples by the code they were in (its own time, by module
 and by function) and leaves the raw samples in bench/.work/profile.txt, which flame-graph
@@ -24,6 +25,7 @@ from .run import (
     SERVERS,
     SHARED_LIMITS,
     WARM_UP_SECONDS,
+    WORKLOADS,
     database,
     ensure_wrk,
     is_gateway,
@@ -31,7 +33,7 @@ from .run import (
     pinned,
     run_wrk,
     wait_listening,
-    warm_data,
+    workload_data,
 )
 
 
@@ -101,11 +103,11 @@ async def profile(args: argparse.Namespace, py_spy: str) -> str:
     args.database_url = None
     database_url, stop_database = await database(args, workdir)
     try:
-        data = await warm_data(database_url, workdir)
+        data = await workload_data(database_url, workdir, args.workload)
         port, process = launch(args.server, database_url)
         try:
             await wait_listening(port, process)
-            run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
+            run_wrk(wrk, port, 64, WARM_UP_SECONDS[args.workload], data)
             samples = workdir / "profile.txt"
             spy = start_py_spy(py_spy, process.pid, args.seconds, samples)
             stats = run_wrk(wrk, port, args.connections, args.seconds, data)
@@ -115,7 +117,9 @@ async def profile(args: argparse.Namespace, py_spy: str) -> str:
             process.wait(20)
     finally:
         stop_database()
-    header = f"{args.server}, warm, {args.connections} connections: {stats['rps']:,} req/s"
+    header = (
+        f"{args.server}, {args.workload}, {args.connections} connections: {stats['rps']:,} req/s"
+    )
     return header + "\n" + summarize(samples, args.top)
 
 
@@ -123,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     builds = [name for name in SERVERS if is_gateway(name) and name not in SHARED_LIMITS]
     parser.add_argument("--server", choices=builds, default="shipped")
+    parser.add_argument("--workload", choices=[w.name for w in WORKLOADS], default="warm")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--top", type=int, default=25)

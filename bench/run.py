@@ -140,13 +140,14 @@ def ensure_wrk() -> str:
     return found
 
 
-async def warm_data(database_url: str, workdir: Path) -> Path:
-    """The warm workload in a migrated database, and wrk's data file for it."""
+async def workload_data(database_url: str, workdir: Path, name: str = "warm") -> Path:
+    """A workload (by default the warm one) in a migrated database, and wrk's data file
+    for it."""
     await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
-    warm = next(w for w in WORKLOADS if w.name == "warm")
-    tokens = await load_data(database_url, warm)
-    data = workdir / "warm.lua"
-    lua_data(data, warm, tokens)
+    workload = next(w for w in WORKLOADS if w.name == name)
+    tokens = await load_data(database_url, workload)
+    data = workdir / f"{name}.lua"
+    lua_data(data, workload, tokens)
     return data
 
 

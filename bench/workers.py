@@ -32,7 +32,7 @@ from .run import (
     run_wrk,
     server_env,
     wait_listening,
-    warm_data,
+    workload_data,
 )
 
 BUILDS = (("ceiling", 1), ("ceiling", 2), ("shipped", 1), ("shipped", 2))
@@ -60,7 +60,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     database_url, stop_database = await database(args, workdir)
     runs = []
     try:
-        data = await warm_data(database_url, workdir)
+        data = await workload_data(database_url, workdir)
         for name, processes in BUILDS:
             port = free_port()
             started = start(name, processes, port, database_url)

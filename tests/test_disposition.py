@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+import unicodedata
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.disposition import content_disposition
+from service.core.disposition import _truncate_utf8, content_disposition
 from service.core.media_types import safe_content_type
 
 SHAPE = re.compile(
@@ -63,6 +64,30 @@ def test_any_filename_gives_a_well_formed_ascii_header(filename):
     fallback, encoded = match.groups()
     assert fallback and not set(fallback) & set('"\\%\r\n')
     assert len(unquote(encoded).encode()) <= 255
+
+
+def reference_disposition(filename: str) -> str:
+    """content_disposition as it was written before its ASCII shortcuts and table encoder:
+    every character looked at, urllib's quote."""
+    chars = [c for c in filename if unicodedata.category(c) not in ("Cc", "Cf", "Cs")]
+    name = "".join(chars).replace("/", "_").replace("\\", "_").strip(" .")
+    name = _truncate_utf8(name, 255) if name else "download"
+    decomposed = unicodedata.normalize("NFKD", name)
+    without_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
+    fallback = re.sub(r'[^\x20-\x7e]|["\\%]', "_", without_marks).strip(" ") or "download"
+    encoded = quote(name, safe="!#$&+^`|", encoding="utf-8", errors="strict")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.text(st.characters(max_codepoint=127), max_size=80),  # the shortcut's own
+        st.text(st.sampled_from(' ./\\"%;\r\n\x7fé\u0301\u202ea😀'), max_size=40),
+    )
+)
+def test_shortcuts_give_the_same_header_as_looking_at_every_character(filename):
+    assert content_disposition(filename) == reference_disposition(filename)
 
 
 @pytest.mark.parametrize(

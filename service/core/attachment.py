@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -28,9 +29,15 @@ class PresignedUrl(NamedTuple):
 
     @classmethod
     def of(cls, url: str, expires_at: datetime, shortened: bool = False) -> PresignedUrl:
-        text = rfc3339(expires_at)
-        body = json.dumps({"expires_at": text}).encode()
-        return cls(url, epoch_us(expires_at), text, body, shortened)
+        return cls(url, *expiry_forms(expires_at), shortened)
+
+
+@functools.lru_cache(maxsize=16)
+def expiry_forms(expires_at: datetime) -> tuple[int, str, bytes]:
+    """An expiry as PresignedUrl holds it: microseconds, RFC 3339 text, the 307's body.
+    URLs are signed at whole seconds, so the URLs of one second share these."""
+    text = rfc3339(expires_at)
+    return epoch_us(expires_at), text, json.dumps({"expires_at": text}).encode()
 
 
 class AttachmentTarget(NamedTuple):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from urllib.parse import quote
+
+from .percent import percent_encode
 
 FALLBACK_NAME = "download"
 # Longest filename, in UTF-8 bytes, put into the header; file systems stop at 255.
@@ -19,21 +20,25 @@ _ATTR_CHAR_EXTRAS = "!#$&+^`|"
 # What may stand in the quoted ASCII fallback: printable ASCII without `"`, `\` and `%`
 # (RFC 6266 appendix D: a `%` there may be decoded by some clients).
 _FALLBACK_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%]')
+# Unicode categories dropped from names: control, format and surrogate characters.
+UNSHOWN = ("Cc", "Cf", "Cs")
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:
     """`attachment; filename="<ASCII>"; filename*=UTF-8''<percent-encoded>`."""
     name = _clean(filename)
     fallback = _ascii_fallback(name)
-    encoded = quote(name, safe=_ATTR_CHAR_EXTRAS, encoding="utf-8", errors="strict")
+    encoded = percent_encode(name, _ATTR_CHAR_EXTRAS)
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
 def _clean(filename: str) -> str:
     # Control and format characters (CR, LF, NUL, DEL, U+202E right-to-left override...)
     # can spoof or split what the user sees; directory parts are not the file's name.
-    chars = [c for c in filename if unicodedata.category(c) not in ("Cc", "Cf", "Cs")]
-    name = "".join(chars).replace("/", "_").replace("\\", "_").strip(" .")
+    # (Printable ASCII holds none of them: the common name skips the look at each.)
+    if not (filename.isascii() and filename.isprintable()):
+        filename = "".join(c for c in filename if unicodedata.category(c) not in UNSHOWN)
+    name = filename.replace("/", "_").replace("\\", "_").strip(" .")
     if not name:
         return FALLBACK_NAME
     return _truncate_utf8(name, MAX_FILENAME_BYTES)
@@ -54,7 +59,9 @@ def _truncate_utf8(name: str, limit: int) -> str:
 def _ascii_fallback(name: str) -> str:
     # Keep the Latin letters of accented characters ("é" -> "e"); everything else
     # non-ASCII, and the characters unsafe inside the quoted string, become "_".
-    decomposed = unicodedata.normalize("NFKD", name)
-    without_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
-    fallback = _FALLBACK_UNSAFE.sub("_", without_marks).strip(" ")
+    # (ASCII has neither decompositions nor combining marks.)
+    if not name.isascii():
+        decomposed = unicodedata.normalize("NFKD", name)
+        name = "".join(c for c in decomposed if not unicodedata.combining(c))
+    fallback = _FALLBACK_UNSAFE.sub("_", name).strip(" ")
     return fallback or FALLBACK_NAME

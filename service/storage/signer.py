@@ -26,7 +26,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
+
+from ..core.percent import percent_encode
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -73,6 +75,8 @@ class QuerySigner:
         self._frozen: Any = None
         self._frozen_expiry: Any = None
         self._recheck_at = 0.0
+        self._timestamp_of: datetime | None = None
+        self._timestamp = ""
         self._signing_date = ""
         self._signing_secret = ""
         self._signing_key = b""
@@ -131,7 +135,11 @@ class QuerySigner:
     ) -> str:
         """The URL; `headers` (besides Host) are signed too, and the request must carry
         them with exactly these values."""
-        timestamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        now = now or datetime.now(UTC)
+        if now != self._timestamp_of:  # the URLs of one second share it
+            self._timestamp = now.strftime("%Y%m%dT%H%M%SZ")
+            self._timestamp_of = now
+        timestamp = self._timestamp
         date = timestamp[:8]
         if date != self._signing_date or credentials.secret_key != self._signing_secret:
             self._signing_key = self._derive_key(credentials.secret_key, date)
@@ -147,20 +155,20 @@ class QuerySigner:
                 + [("host", prefix.host)]
             )
             signed_names = ";".join(name for name, _ in signed)
-            signed_in_query = quote(signed_names, safe=_VALUE_SAFE)
+            signed_in_query = percent_encode(signed_names, _VALUE_SAFE)
             canonical_headers = "".join(f"{name}:{value}\n" for name, value in signed)
         else:  # downloads: only the host
             signed_names = signed_in_query = "host"
             canonical_headers = f"host:{prefix.host}\n"
         auth = [
             ("X-Amz-Algorithm", ALGORITHM),
-            ("X-Amz-Credential", quote(scope, safe=_VALUE_SAFE)),
+            ("X-Amz-Credential", percent_encode(scope, _VALUE_SAFE)),
             ("X-Amz-Date", timestamp),
             ("X-Amz-Expires", str(expires)),
             ("X-Amz-SignedHeaders", signed_in_query),
         ]
         if credentials.token is not None:
-            auth.append(("X-Amz-Security-Token", quote(credentials.token, safe=_VALUE_SAFE)))
+            auth.append(("X-Amz-Security-Token", percent_encode(credentials.token, _VALUE_SAFE)))
         authentication = "&".join(f"{name}={value}" for name, value in auth)
 
         encoded_key = self._quote(key, _KEY_SAFE)
@@ -182,7 +190,7 @@ class QuerySigner:
         if encoded is None:
             if len(self._encoded) >= ENCODING_MEMO_SIZE:
                 self._encoded.clear()  # bounded; refilled by the next requests
-            encoded = self._encoded[(value, safe)] = quote(value, safe=safe)
+            encoded = self._encoded[(value, safe)] = percent_encode(value, safe)
         return encoded
 
     def _derive_key(self, secret_key: str, date: str) -> bytes:
