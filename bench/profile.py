@@ -1,12 +1,11 @@
-"""Where a warm request's time goes in a gateway build: py-spy under wrk.
+"""Where a request's time goes in a gateway build: py-spy under wrk.
 
-`python -m bench.profile [--server shipped] [--workload warm] [--connections 64] [--seconds
-15]`: a workload of `bench.run` (warm: 10,000 attachments; cold: 1,000,000; 100 keys, an
-embedded Postgres), one server
-pinned to CPU 0, wrk on CPU 1, and py-spy sampling the server meanwhile (`pip install
-py-spy`). Prints the share of samples by the code they were in (its own time, by module
-and by function) and leaves the raw samples in bench/.work/profile.txt, which flame-graph
-tools read (collapsed stacks).
+`python -m bench.profile [--server shipped] [--workload warm|cold] [--connections 64]
+[--seconds 15]`: a workload of `bench.run` (warm: 10,000 attachments; cold: 1,000,000;
+100 keys, an embedded Postgres), one server pinned to CPU 0, wrk on CPU 1, and py-spy
+sampling the server meanwhile (`pip install py-spy`). Prints the share of samples by the
+code they were in (its own time, by module and by function) and leaves the raw samples in
+bench/.work/profile.txt, which flame-graph tools read (collapsed stacks).
 """
 
 from __future__ import annotations
