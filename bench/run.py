@@ -209,6 +209,11 @@ def launch(
 ) -> tuple[int, subprocess.Popen[bytes]]:
     """One of SERVERS on a free port, configured as its name says (and by --set)."""
     port = free_port()
+    return port, start_server(name, port, build_env(name, database_url, redis_url))
+
+
+def build_env(name: str, database_url: str, redis_url: str | None = None) -> dict[str, str]:
+    """The environment one of SERVERS runs with."""
     level = "INFO" if name == "shipped" else "WARNING"
     env = server_env(database_url, level, audit=name in AUDITED)
     if name in AS_SHIPPED:
@@ -228,7 +233,7 @@ def launch(
         }
     if is_gateway(name):
         env |= EXTRA_SETTINGS
-    return port, start_server(name, port, env)
+    return env
 
 
 def start_redis(workdir: Path) -> tuple[str, Callable[[], None]]:

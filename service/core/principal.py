@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -20,6 +20,11 @@ class Principal:
     key_prefix: str
     api_access: bool
     expires_at: float | None
+    # The workspace id as text, made once per key: every request's log line carries it.
+    workspace_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace_text", str(self.workspace_id))
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Principal:

@@ -48,7 +48,7 @@ class AccessLogger(AbstractAccessLogger):
                     "path": request.path,
                     "status": response.status,
                     "duration_ms": duration_ms,
-                    "workspace_id": str(principal.workspace_id) if principal else None,
+                    "workspace_id": principal.workspace_text if principal else None,
                     "key_prefix": principal.key_prefix if principal else None,
                 },
             )
@@ -61,7 +61,7 @@ class AccessLogger(AbstractAccessLogger):
             request.path,
             response.status,
             duration_ms,
-            str(principal.workspace_id) if principal else None,
+            principal.workspace_text if principal else None,
             principal.key_prefix if principal else None,
         )
         handler.write_line(line)

@@ -30,14 +30,16 @@ async def attachment_target(
 ) -> tuple[str, AttachmentTarget | None]:
     """The caller's attachment (and its canonical id): fetched with the key, cached, or
     looked up now. An id that is not a UUID is the same 404 as a missing one, no query."""
-    prefetched = request.get(PREFETCHED, MISSING)
-    if prefetched is not MISSING:
-        return raw_id.lower(), prefetched
     caches = request.app[CACHES]
     if caches.live:
         cached = caches.attachment(raw_id, workspace_id)
         if not isinstance(cached, Missing):  # (mypy narrows a NamedTuple union no other way)
             return raw_id, cached
+    # (Asked second: authentication also caches what it fetched, so warm or cold this is
+    # mostly a hit above, and a request without the key costs a KeyError inside `get`.)
+    prefetched = request.get(PREFETCHED, MISSING)
+    if prefetched is not MISSING:
+        return raw_id.lower(), prefetched
     attachment_id = canonical_uuid(raw_id)
     if attachment_id is None:
         raise Problem("not_found")
