@@ -35,8 +35,9 @@ async def attachment_target(
         cached = caches.attachment(raw_id, workspace_id)
         if not isinstance(cached, Missing):  # (mypy narrows a NamedTuple union no other way)
             return raw_id, cached
-    # (Asked second: authentication also caches what it fetched, so warm or cold this is
-    # mostly a hit above, and a request without the key costs a KeyError inside `get`.)
+    # Asked second: authentication caches what it prefetched, so this is mostly a hit
+    # above, and a request that prefetched nothing (every warm one) would pay a KeyError
+    # inside `Request.get`. The cached entry is as fresh: a change to it drops it.
     prefetched = request.get(PREFETCHED, MISSING)
     if prefetched is not MISSING:
         return raw_id.lower(), prefetched
