@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 # aiohttp defaults to 128: a burst of new connections would wait for SYN retries.
 LISTEN_BACKLOG = 4096
 
+# Net allocations of tracked objects between two collections of the youngest generation
+# (CPython's default is 700). Under many connections one turn of the loop parses more
+# requests than that, so nearly every turn ran a collection whose survivors, the requests
+# still in flight, were promoted and walked again by the older generations' collections,
+# the full ones over every open connection's objects (docs/performance.md, "A collector
+# for thousands of connections"). Requests leave no cyclic garbage (tests/test_heap.py),
+# so the higher bound only lets the rare cycle live a little longer.
+YOUNG_GENERATION_THRESHOLD = 50_000
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop when it is installed (it is a dependency on Linux), else asyncio's."""
@@ -107,10 +116,7 @@ async def _serve_until_signal(
     on_listening: Callable[[], None] | None,
 ) -> None:
     await runner.setup()
-    # Everything built so far (botocore's service models, the app, its empty caches)
-    # lives as long as the process: moved out of the collector's view, a full
-    # collection no longer walks ~100,000 objects and the caches' tables each time.
-    gc.freeze()
+    settle_heap()
     try:
         site = BatchAcceptSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
         await site.start()
@@ -119,6 +125,16 @@ async def _serve_until_signal(
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def settle_heap() -> None:
+    """Tune the garbage collector for serving, once the app is built."""
+    # Everything built so far (botocore's service models, the app, its empty caches)
+    # lives as long as the process: moved out of the collector's view, a full
+    # collection no longer walks ~100,000 objects and the caches' tables each time.
+    gc.freeze()
+    _, *older = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *older)
 
 
 def quiet_abandoned_database_tasks(

@@ -73,12 +73,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except GatewayError as error:
         if not audited:
             raise
-        failure = problem_for_error(error)
-        record_download(request, principal, failure.code, failure.type.status)
-        raise failure from error
+        # Raised straight from the call: a local holding it would be held by its own
+        # traceback, and keep the request alive until the collector ran.
+        raise recorded_failure(request, principal, error) from error
     if audited:
         record_download(request, principal, "issued", response.status, request.get(ISSUED_UNTIL))
     return response
+
+
+def recorded_failure(request: web.Request, principal: Principal, error: GatewayError) -> Problem:
+    """The problem a domain error on a download is answered with, in the audit trail."""
+    failure = problem_for_error(error)
+    record_download(request, principal, failure.code, failure.type.status)
+    return failure
 
 
 async def identify(request: web.Request) -> Principal:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..core.errors import GatewayError
 from .config import Handler
-from .metrics import METRICS, route_label
+from .metrics import METRICS, Metrics, route_label
 from .problems import (
     Problem,
     problem_for_error,
@@ -45,19 +45,30 @@ def render_for(request: web.Request, problem: Problem) -> web.Response:
     return render(problem, request[REQUEST_ID], details)
 
 
+def render_failure(
+    request: web.Request, failure: Problem | GatewayError, metrics: Metrics
+) -> web.Response:
+    problem = failure if isinstance(failure, Problem) else problem_for_error(failure)
+    if problem.code in AUTH_PROBLEMS:
+        metrics.auth_failures.labels(problem.reason).inc()
+    return render_for(request, problem)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request[REQUEST_ID] = request_id_of(request)
     metrics = request.app[METRICS]
+    # No local here may hold a caught exception past its `except`: its traceback holds
+    # this frame, and the cycle would keep the request alive until the collector ran.
     try:
         response = await handler(request)
     except (Problem, GatewayError) as failure:
-        problem = failure if isinstance(failure, Problem) else problem_for_error(failure)
-        if problem.code in AUTH_PROBLEMS:
-            metrics.auth_failures.labels(problem.reason).inc()
-        response = render_for(request, problem)
+        response = render_failure(request, failure, metrics)
     except web.HTTPException as exc:
+        # aiohttp keeps a routing error on the request's match info: with its traceback,
+        # which holds this frame and so the request, it would be such a cycle.
+        exc.__traceback__ = None
         response = exc if exc.status < 400 else render_for(request, problem_for_http_exception(exc))
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
