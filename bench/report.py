@@ -40,8 +40,8 @@ def markdown(results: dict[str, Any]) -> str:
         "trail, `gateway+redis` with its limits shared through a local Redis (warm only).",
         "",
         "| workload | conns | server | req/s | p50 ms | p99 ms | p99 / p50 | errors | RSS MB "
-        "| bad Locations | server CPU µs/req | Postgres CPU µs/req |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| bad Locations | server CPU µs/req | of which GC | Postgres CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in _ordered(results["runs"]):
         server = f"**{run['server']}**" if run["server"] in FIRST else run["server"]
@@ -50,7 +50,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | "
             f"{_ratio(run['p99_ms'], run['p50_ms'], 1)} | {run['errors']} | {run['rss_mb']} | "
             f"{run['location_mismatches'] if run['server'] != 'ceiling' else '–'} | "
-            f"{run.get('cpu_us', '–')} | {run.get('db_cpu_us', '–')} |"
+            f"{run.get('cpu_us', '–')} | {run.get('gc_us', '–')} | {run.get('db_cpu_us', '–')} |"
         )
     lines += [
         "",

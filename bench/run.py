@@ -361,6 +361,15 @@ async def metric_value(port: int, sample: str) -> float | None:
     return None
 
 
+async def collector_seconds(port: int) -> float:
+    """How long the gateway's garbage collector has paused it so far, all generations."""
+    total = 0.0
+    for generation in range(3):
+        sample = f'gateway_gc_pause_seconds_sum{{generation="{generation}"}}'
+        total += await metric_value(port, sample) or 0.0
+    return total
+
+
 async def audit_queued(port: int) -> int:
     """The gateway's audit rows not yet written."""
     queued = await metric_value(port, "gateway_audit_queued")
@@ -408,9 +417,13 @@ async def measured_run(
 ) -> dict[str, Any]:
     """One wrk run against a warm server, with the server's and Postgres' CPU per request:
     what a request costs whatever else the machine is doing (its speed drifts)."""
+    collector_before = await collector_seconds(port) if is_gateway(name) else None
     cpu_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
     stats = run_wrk(wrk, port, connections, seconds, data)
     requests = max(stats["requests"], 1)
+    if collector_before is not None:  # part of the server's CPU, read from its /metrics
+        collected = await collector_seconds(port) - collector_before
+        stats["gc_us"] = round(collected / requests * 1e6, 1)
     if name in AUDITED:
         # Rows still queued when the load stops are this run's cost too: the CPU is read
         # once they are written, not left to the next run.
@@ -746,8 +759,8 @@ def main() -> None:
             print(
                 f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
                 f"{run['rps']:>7,} req/s  p50 {run['p50_ms']:.1f} ms  p99 {run['p99_ms']:.1f} ms  "
-                f"CPU {run['cpu_us']} µs/req  Postgres {run['db_cpu_us']} µs/req  "
-                f"{run['error_kinds']}"
+                f"CPU {run['cpu_us']} µs/req (GC {run.get('gc_us', 'n/a')})  "
+                f"Postgres {run['db_cpu_us']} µs/req  {run['error_kinds']}"
             )
         for connections, cost in results.get("audit_cost", {}).items():
             print(f"audit cost c={connections}: {cost}")

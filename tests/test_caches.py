@@ -7,12 +7,15 @@ import time
 from dataclasses import replace
 
 import aiohttp
+import asyncpg
 import pytest
 
 from service.core.tokens import digest, display_prefix, generate_token
 from service.data.admin import create_key, delete_attachment, revoke_key, set_api_access
+from service.data.api_keys import find_keys
 from service.data.caches import MISSING, TTLCache
 from service.data.invalidation import APPLICATION_NAME
+from service.data.pool import Database
 from service.web.app import create_app
 from service.web.caches import CACHES
 from service.web.database import DATABASE
@@ -250,6 +253,38 @@ async def test_urls_are_reused_within_the_window_and_not_beyond(
     fresh = await serve_app(create_app(replace(settings, url_reuse_seconds=0)))
     (first, first_body), (second, second_body) = await two_locations(fresh)
     assert first != second and first_body != second_body
+
+
+async def test_the_refresher_reads_many_keys_in_one_query_and_only_live_ones(
+    conn, database_url, make_tenant
+):
+    from datetime import UTC, datetime, timedelta
+
+    tenant, other = await make_tenant(), await make_tenant(api_access=False)
+    live = await create_key(conn, tenant.workspace_id, scope="write")
+    revoked = await create_key(conn, tenant.workspace_id)
+    await revoke_key(conn, revoked.id)
+    expired = await create_key(
+        conn, tenant.workspace_id, expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    never_seen = digest(generate_token())
+    wanted = [digest(live.token), digest(revoked.token), digest(expired.token), never_seen]
+    wanted.append(digest(other.read_token))
+    pool = await asyncpg.create_pool(database_url, min_size=0)
+    try:
+        found = await find_keys(Database(pool, acquire_timeout=5), wanted)
+    finally:
+        await pool.close()
+
+    assert set(found) == {digest(live.token), digest(other.read_token)}
+    row = found[digest(live.token)]
+    assert (row["id"], row["workspace_id"], row["scope"], row["api_access"]) == (
+        live.id,
+        tenant.workspace_id,
+        "write",
+        True,
+    )
+    assert found[digest(other.read_token)]["api_access"] is False  # refused later, by entitle
 
 
 async def test_a_cached_key_still_expires_on_time(client, conn, make_tenant, make_attachment):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from service.devstack.ports import free_port
 from service.web.api_docs import docs_page
 from service.web.app import create_app
 from service.web.caches import CACHES
-from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, RequestCounts
+from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, METRICS, RequestCounts
 from tests.support.openapi import DOCUMENT, HTTP_METHODS
 from tests.support.waiting import eventually
 
@@ -166,6 +167,29 @@ def test_request_counts_expose_what_prometheus_clients_metrics_would(observation
     assert exposition_lines(ours, prefixes) == exposition_lines(theirs, prefixes)
     buckets = exposition_lines(ours, ("gateway_request_duration_seconds_bucket",))
     assert len(buckets) == 14 * len({route for route, *_ in observations})
+
+
+async def test_metrics_time_the_collectors_pauses_while_the_app_runs(serve_app, settings):
+    client = await serve_app(create_app(settings))
+    hook = client.app[METRICS].collector_pauses
+    assert hook in gc.callbacks
+
+    def full_collections(text: str) -> float:
+        return sample(text, "gateway_gc_pause_seconds_count", generation="2")
+
+    before = full_collections(await (await client.get("/metrics")).text())
+    gc.collect()
+    text = await (await client.get("/metrics")).text()
+
+    assert full_collections(text) >= before + 1
+    assert sample(text, "gateway_gc_pause_seconds_bucket", generation="2", le="+Inf") == (
+        full_collections(text)
+    )
+    assert sample(text, "gateway_gc_pause_seconds_sum", generation="2") > 0
+    for generation in "01":
+        assert f'gateway_gc_pause_seconds_count{{generation="{generation}"}}' in text
+    await client.close()
+    assert hook not in gc.callbacks  # the process's hooks are not the app's to keep
 
 
 async def test_metrics_can_move_to_their_own_port(serve_app, settings):

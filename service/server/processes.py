@@ -34,7 +34,7 @@ LISTEN_BACKLOG = 4096
 # the full ones over every open connection's objects (docs/performance.md, "A collector
 # for thousands of connections"). Requests leave no cyclic garbage (tests/test_heap.py),
 # so the higher bound only lets the rare cycle live a little longer.
-YOUNG_GENERATION_THRESHOLD = 50_000
+YOUNG_GENERATION_THRESHOLD = 100_000
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

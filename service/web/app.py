@@ -20,7 +20,13 @@ from .health import healthz, openapi_handler, readyz
 from .limits import RATE_LIMITS, RateLimits, shared_limits_context
 from .links import download_links
 from .logs import flush_logs_context, install_log_safety
-from .metrics import METRICS, create_metrics, metrics_handler, metrics_site_context
+from .metrics import (
+    METRICS,
+    collector_pauses_context,
+    create_metrics,
+    metrics_handler,
+    metrics_site_context,
+)
 from .request_ids import REQUEST_IDS, RequestIds
 from .secret_scanning import REPORTS_PATH, receive_report
 from .shutdown import SHUTDOWN_CLOCK, ShutdownClock, start_shutdown_clock
@@ -59,6 +65,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens
     app.cleanup_ctx.append(refresh_context)
     app.cleanup_ctx.append(flush_logs_context)
+    app.cleanup_ctx.append(collector_pauses_context)
 
     # add_get also answers HEAD, presigned separately for head_object.
     app.router.add_get("/api/v1/attachments/{id}/download", download, name=DOWNLOAD_ROUTE)

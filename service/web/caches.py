@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from ..core.errors import GatewayError
 from ..core.principal import Principal
 from ..core.settings import Settings
-from ..data.api_keys import find_key
+from ..data.api_keys import find_keys
 from ..data.caches import MISSING, HotPathCaches, TTLCache
 from ..data.invalidation import ListenerStatus, listen
 from ..data.lookups import AttachmentLookups
@@ -32,9 +33,15 @@ log = logging.getLogger(__name__)
 REFRESH_SHARE = 1 / 3
 # How often the refresher looks for entries due; well inside the lease.
 REFRESH_INTERVAL = 0.1
-# Renewed per query (attachments) or per turn of concurrent queries (keys).
+# Renewed per query. One query, not one per key: when the loop is saturated each round
+# trip waits a whole turn or two, and with thousands of connections a turn takes most of a
+# second, so a hundred keys renewed sixteen at a time ran out before their renewal and
+# every request for them went to the database at once (docs/performance.md).
 ATTACHMENTS_PER_SLICE = 256
-KEYS_PER_SLICE = 16
+KEYS_PER_SLICE = 256
+# Slices renewed at once: at most a quarter of the pool's connections, the rest are the
+# requests'.
+CONCURRENT_SLICES = 8
 
 CACHES = web.AppKey("caches", HotPathCaches)
 LISTENER_STATUS = web.AppKey("listener_status", ListenerStatus)
@@ -96,24 +103,52 @@ async def refresh(
 ) -> None:
     """Look them up again and store what was read, unless an invalidation came meanwhile.
 
-    In slices, handing the loop back between them: entries filled together (a warm-up,
-    a flush) come due together, and renewing ten thousand in one go would stall every
-    request for as long as that takes."""
-    for start in range(0, len(keys), KEYS_PER_SLICE):
-        digests = keys[start : start + KEYS_PER_SLICE]
-        generation = caches.generation
-        rows = await asyncio.gather(*(find_key(db, digest) for digest in digests))
-        if caches.may_store(generation):
-            for digest, row in zip(digests, rows, strict=True):
-                caches.keys.put(digest, Principal.from_row(row) if row is not None else None)
-    for start in range(0, len(attachments), ATTACHMENTS_PER_SLICE):
-        owners = {}
-        for attachment_id in attachments[start : start + ATTACHMENTS_PER_SLICE]:
-            cached = caches.attachments.peek(attachment_id)
-            if cached is not MISSING:
-                owners[uuid.UUID(attachment_id), uuid.UUID(int=cached[0])] = attachment_id
-        generation = caches.generation
-        found = await lookups.find_many(list(owners))
-        if caches.may_store(generation):
-            for wanted, attachment_id in owners.items():
-                caches.remember_attachment(attachment_id, wanted[1], found.get(wanted))
+    In slices of one query each, a few at a time: entries filled together (a warm-up, a
+    flush) come due together, and renewing ten thousand in one go would stall every
+    request while their rows were read; one slice after another, each waiting its turns
+    of a saturated loop, outlasted the lease."""
+    slices = [
+        *(
+            renew_keys(caches, db, keys[n : n + KEYS_PER_SLICE])
+            for n in range(0, len(keys), KEYS_PER_SLICE)
+        ),
+        *(
+            renew_attachments(caches, lookups, attachments[n : n + ATTACHMENTS_PER_SLICE])
+            for n in range(0, len(attachments), ATTACHMENTS_PER_SLICE)
+        ),
+    ]
+    slots = asyncio.Semaphore(max(1, min(CONCURRENT_SLICES, db.pool.get_max_size() // 4)))
+
+    async def in_turn(renewal: Coroutine[Any, Any, None]) -> None:
+        async with slots:
+            await renewal
+
+    # Every slice runs to its end, failed or not, before the next round of renewals.
+    outcomes = await asyncio.gather(*map(in_turn, slices), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def renew_keys(caches: HotPathCaches, db: Database, digests: list[bytes]) -> None:
+    generation = caches.generation
+    found = await find_keys(db, digests)
+    if caches.may_store(generation):
+        for digest in digests:
+            row = found.get(digest)
+            caches.keys.put(digest, Principal.from_row(row) if row is not None else None)
+
+
+async def renew_attachments(
+    caches: HotPathCaches, lookups: AttachmentLookups, attachment_ids: list[str]
+) -> None:
+    owners = {}
+    for attachment_id in attachment_ids:
+        cached = caches.attachments.peek(attachment_id)
+        if cached is not MISSING:
+            owners[uuid.UUID(attachment_id), uuid.UUID(int=cached[0])] = attachment_id
+    generation = caches.generation
+    found = await lookups.find_many(list(owners))
+    if caches.may_store(generation):
+        for wanted, attachment_id in owners.items():
+            caches.remember_attachment(attachment_id, wanted[1], found.get(wanted))

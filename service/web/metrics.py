@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -98,11 +100,53 @@ class RequestCounts(Collector):
         yield from (requests, latency, presigns)
 
 
+# A young collection takes well under a millisecond; a full one over a large heap, far more.
+PAUSE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1)
+
+
+class CollectorPauses(Collector):
+    """The garbage collector's collections, by generation, and how long each paused the
+    process: a pause holds up every request in flight, so it shows in the tail of the
+    latency, but not as any handler's time. Fed by `gc.callbacks`, which run in the thread
+    that triggered the collection; a rare lost update there is harmless."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.pauses = [[0] * (len(PAUSE_BUCKETS) + 1) for _ in range(3)]
+        self.seconds = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.pauses[generation][bisect_left(PAUSE_BUCKETS, pause)] += 1
+        self.seconds[generation] += pause
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "gateway_gc_pause_seconds",
+            "Garbage collections by generation (2: full), and how long each paused the process.",
+            labels=["generation"],
+        )
+        bounds = [*map(floatToGoString, PAUSE_BUCKETS), "+Inf"]
+        for generation, counts in enumerate(self.pauses):
+            cumulative = list(accumulate(counts))
+            family.add_metric(
+                [str(generation)],
+                list(zip(bounds, cumulative, strict=True)),
+                self.seconds[generation],
+            )
+        yield family
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
     registry: CollectorRegistry
     counts: RequestCounts
     auth_failures: Counter  # refusals only: off the download's hot path
+    collector_pauses: CollectorPauses
 
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -113,6 +157,8 @@ def create_metrics(app: web.Application) -> Metrics:
     registry.register(RuntimeCollector(app))
     counts = RequestCounts()
     registry.register(counts)
+    collector_pauses = CollectorPauses()
+    registry.register(collector_pauses)
     return Metrics(
         registry=registry,
         counts=counts,
@@ -122,7 +168,17 @@ def create_metrics(app: web.Application) -> Metrics:
             ["reason"],
             registry=registry,
         ),
+        collector_pauses=collector_pauses,
     )
+
+
+async def collector_pauses_context(app: web.Application) -> AsyncIterator[None]:
+    """The collector's pauses are counted while the app runs (`gc.callbacks` is the
+    process's: each app takes its own hook out when it stops)."""
+    hook = app[METRICS].collector_pauses
+    gc.callbacks.append(hook)
+    yield
+    gc.callbacks.remove(hook)
 
 
 def route_label(request: web.Request) -> str:
