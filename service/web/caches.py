@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -107,24 +107,26 @@ async def refresh(
     flush) come due together, and renewing ten thousand in one go would stall every
     request while their rows were read; one slice after another, each waiting its turns
     of a saturated loop, outlasted the lease."""
-    slices = [
+    renewals = [
         *(
-            renew_keys(caches, db, keys[n : n + KEYS_PER_SLICE])
+            partial(renew_keys, caches, db, keys[n : n + KEYS_PER_SLICE])
             for n in range(0, len(keys), KEYS_PER_SLICE)
         ),
         *(
-            renew_attachments(caches, lookups, attachments[n : n + ATTACHMENTS_PER_SLICE])
+            partial(renew_attachments, caches, lookups, attachments[n : n + ATTACHMENTS_PER_SLICE])
             for n in range(0, len(attachments), ATTACHMENTS_PER_SLICE)
         ),
     ]
     slots = asyncio.Semaphore(max(1, min(CONCURRENT_SLICES, db.pool.get_max_size() // 4)))
 
-    async def in_turn(renewal: Coroutine[Any, Any, None]) -> None:
+    async def in_turn(renew: Callable[[], Awaitable[None]]) -> None:
+        # The coroutine is made only once it may run: cancelled while waiting (at
+        # shutdown), no renewal is left never awaited.
         async with slots:
-            await renewal
+            await renew()
 
     # Every slice runs to its end, failed or not, before the next round of renewals.
-    outcomes = await asyncio.gather(*map(in_turn, slices), return_exceptions=True)
+    outcomes = await asyncio.gather(*map(in_turn, renewals), return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
