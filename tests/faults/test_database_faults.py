@@ -64,9 +64,12 @@ async def test_postgres_restart_under_load(private_postgres, start_gateway):
     assert_only_redirects_and_unavailable(load.answers)
     assert all(a.finished - a.started < 3.0 for a in load.answers)  # nothing hung
     assert all(a.status == 307 for a in load.between(0, down_at))
-    # Cached answers may go on until the listener notices (its ping: 2 s); then none.
-    outage = load.between(down_at + 2.5, restart_at)
-    assert outage and all(a.status == 503 for a in outage)
+    # Cached answers may go on until the listener notices (its ping: 2 s); then none. Only
+    # answers finished before the restart began count: one sent just before it may be
+    # served by the restarted server on a busy machine, rightly.
+    outage = [a for a in load.between(down_at + 2.5, restart_at) if a.finished < restart_at]
+    served = [(round(a.started - down_at, 3), a.status) for a in outage if a.status != 503]
+    assert outage and not served, served
     recovered = load.between(up_at, up_at + 10)
     first_307 = min(a.finished for a in recovered if a.status == 307)
     assert first_307 - up_at < 2.0, first_307 - up_at
