@@ -105,26 +105,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {workload} | {connections} | {ratio:.2f} | {' | '.join(added)} | {backlog} |"
             )
-    if "audit_cost" in results:
-        launches = next(iter(results["audit_cost"].values()))["launches"]
-        lines += [
-            "",
-            f"The audit trail's cost again, from {launches} launches of each build in turn, "
-            "each measured as above (one launch's speed differs from the next one's, so the "
-            "single runs above cannot resolve 10 %):",
-            "",
-            "| conns | gateway req/s, each launch | gateway+audit req/s, each launch "
-            "| ratio of medians | gateway CPU µs/req, median | added by the audit trail |",
-            "|---|---|---|---|---|---|",
-        ]
-        for connections, cost in results["audit_cost"].items():
-            plain_rps = ", ".join(f"{rps:,}" for rps in cost["rps"])
-            audited_rps = ", ".join(f"{rps:,}" for rps in cost["rps_audited"])
-            lines.append(
-                f"| {connections} | {plain_rps} | {audited_rps} | "
-                f"{cost['rps_ratio_of_medians']:.3f} | "
-                f"{cost['cpu_us_median']} | {cost['cpu_us_added_median']:+.1f} |"
-            )
+    for cost, what in PAIRED_COSTS.items():
+        if cost in results:
+            lines += paired_cost_table(results[cost], what)
     presign = results["presign"]
     lines += [
         "",
@@ -146,6 +129,35 @@ def markdown(results: dict[str, Any]) -> str:
             f"(+{idle['rss_after_mb'] - idle['rss_before_mb']:.1f} MB)."
         )
     return "\n".join(lines) + "\n"
+
+
+# The costs bench.run measures again from launches in turn, and what each is.
+PAIRED_COSTS = {"audit_cost": "the audit trail", "access_log_cost": "the access log"}
+
+
+def paired_cost_table(cost: dict[str, dict[str, Any]], what: str) -> list[str]:
+    first = next(iter(cost.values()))
+    without, with_ = first.get("builds", ("gateway", "gateway+audit"))
+    lines = [
+        "",
+        f"{what.capitalize()}'s cost again ({with_} against {without}), from "
+        f"{first['launches']} launches of each build in turn, each measured as above (one "
+        "launch's speed differs from the next one's, so the single runs above cannot "
+        "resolve 10 %):",
+        "",
+        f"| conns | {without} req/s, each launch | {with_} req/s, each launch "
+        f"| ratio of medians | {without} CPU µs/req, median | added by {what} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for connections, runs in cost.items():
+        base = ", ".join(f"{rps:,}" for rps in runs["rps"])
+        # (Results written before the access log's pair named it `rps_audited`.)
+        added = ", ".join(f"{rps:,}" for rps in runs.get("rps_with") or runs["rps_audited"])
+        lines.append(
+            f"| {connections} | {base} | {added} | {runs['rps_ratio_of_medians']:.3f} | "
+            f"{runs['cpu_us_median']} | {runs['cpu_us_added_median']:+.1f} |"
+        )
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -91,12 +91,15 @@ SHIPPED_LIMIT = "5000"
 # The shipped gateway is also driven past its 1,024 connections, warm: overload.
 OVERLOAD_CONNECTIONS = 5000
 WARM_UP_SECONDS = {"warm": 15, "cold": 3}  # warm: until (nearly) every id has been seen
-# The audit trail's cost is measured again from several launches of both builds, in turn:
-# one launch of a server can run 10 % faster or slower than the next for its whole life
-# (fresh processes of the same build, each measured for 10 s after its warm-up, used
+# Two costs are measured again from several launches of the builds that differ by them, in
+# turn: one launch of a server can run 10 % faster or slower than the next for its whole
+# life (fresh processes of the same build, each measured for 10 s after its warm-up, used
 # 75-88 µs of CPU a request), so one full run of each cannot resolve a 10 % cost.
-AUDIT_BUILDS = ("gateway", "gateway+audit")
-AUDIT_LAUNCHES = 5
+PAIRED_COSTS = {
+    "audit_cost": ("gateway", "gateway+audit"),  # the audit trail's
+    "access_log_cost": ("shipped-quiet", "shipped"),  # the access log's
+}
+LAUNCHES = 5
 # The counters of failed requests in wrk.lua's BENCH line.
 ERROR_KINDS = ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
 
@@ -435,26 +438,28 @@ async def measured_run(
     return stats
 
 
-async def audit_cost(
+async def paired_cost(
     wrk: str,
     database_url: str,
     data: Path,
+    builds: tuple[str, str],
     connections: tuple[int, ...],
     launches: int,
     seconds: int,
 ) -> dict[str, dict[str, Any]]:
-    """The audit trail's cost on the warm path, from `launches` fresh processes of each
-    build, measured as the full runs are (warm-up, then each connection count) and
-    alternated, who goes first alternating too. The figure is the ratio of the builds'
-    median req/s; each build's range says how much one launch alone would have said."""
+    """What the second of `builds` costs over the first on the warm path, from `launches`
+    fresh processes of each, measured as the full runs are (warm-up, then each connection
+    count) and alternated, who goes first alternating too. The figure is the ratio of the
+    builds' median req/s; each build's range says how much one launch alone would have
+    said."""
     rps: dict[str, dict[int, list[int]]] = {
-        name: {count: [] for count in connections} for name in AUDIT_BUILDS
+        name: {count: [] for count in connections} for name in builds
     }
     cpu: dict[str, dict[int, list[float]]] = {
-        name: {count: [] for count in connections} for name in AUDIT_BUILDS
+        name: {count: [] for count in connections} for name in builds
     }
     for turn in range(launches):
-        for name in AUDIT_BUILDS if turn % 2 == 0 else reversed(AUDIT_BUILDS):
+        for name in builds if turn % 2 == 0 else reversed(builds):
             port, process = launch(name, database_url)
             try:
                 await wait_listening(port, process)
@@ -471,20 +476,22 @@ async def audit_cost(
             finally:
                 process.terminate()
                 process.wait(20)
+    without, with_ = builds
     results = {}
     for count in connections:
-        plain, audited = (statistics.median(rps[name][count]) for name in AUDIT_BUILDS)
-        plain_cpu, audited_cpu = (statistics.median(cpu[name][count]) for name in AUDIT_BUILDS)
+        base, added = (statistics.median(rps[name][count]) for name in builds)
+        base_cpu, added_cpu = (statistics.median(cpu[name][count]) for name in builds)
         results[str(count)] = {
+            "builds": list(builds),
             "launches": launches,
             "seconds": seconds,
-            "rps": rps["gateway"][count],
-            "rps_audited": rps["gateway+audit"][count],
-            "rps_ratio_of_medians": round(audited / plain, 3),
-            "cpu_us_median": round(plain_cpu, 1),
-            "cpu_us_added_median": round(audited_cpu - plain_cpu, 1),
+            "rps": rps[without][count],
+            "rps_with": rps[with_][count],
+            "rps_ratio_of_medians": round(added / base, 3),
+            "cpu_us_median": round(base_cpu, 1),
+            "cpu_us_added_median": round(added_cpu - base_cpu, 1),
         }
-        print(f"  audit cost, c={count}: {results[str(count)]}", flush=True)
+        print(f"  {with_} / {without}, c={count}: {results[str(count)]}", flush=True)
     return results
 
 
@@ -673,12 +680,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 finally:
                     process.terminate()
                     process.wait(20)
-            audit_builds = set(AUDIT_BUILDS) <= set(args.servers)
-            if workload.name == "warm" and args.audit_launches and audit_builds:
-                print("audit trail's cost, launches of both builds in turn ...", flush=True)
-                results["audit_cost"] = await audit_cost(
-                    wrk, database_url, data, args.connections, args.audit_launches, args.seconds
-                )
+            for cost, builds in PAIRED_COSTS.items():
+                if workload.name == "warm" and args.launches and set(builds) <= set(args.servers):
+                    print(f"{builds[1]} against {builds[0]}, launches in turn ...", flush=True)
+                    results[cost] = await paired_cost(
+                        wrk,
+                        database_url,
+                        data,
+                        builds,
+                        args.connections,
+                        args.launches,
+                        args.seconds,
+                    )
     finally:
         stop_redis()
         stop_database()
@@ -736,10 +749,10 @@ def main() -> None:
     )
     parser.add_argument("--no-presign", dest="presign", action="store_false")
     parser.add_argument(
-        "--audit-launches",
+        "--launches",
         type=int,
-        default=AUDIT_LAUNCHES,
-        help="launches of gateway and of gateway+audit, in turn (0: none)",
+        default=LAUNCHES,
+        help="launches of each build of PAIRED_COSTS' pairs, in turn (0: none)",
     )
     args = parser.parse_args()
     for setting in args.set:

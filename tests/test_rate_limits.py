@@ -9,7 +9,9 @@ from dataclasses import replace
 import pytest
 
 from service.core.tokens import generate_token
+from service.web import limits
 from service.web.app import create_app
+from service.web.limits import TokenBuckets
 from tests.support.rate_limits import assert_rate_limited, download
 
 
@@ -106,3 +108,25 @@ async def test_one_workspace_hammering_does_not_starve_another(
     assert noisy_statuses.count(429) > 100  # far over its limit
     assert set(noisy_statuses) == {307, 429}
     assert quiet_statuses == [307] * 10
+
+
+def test_the_least_recently_spent_bucket_is_forgotten_first(monkeypatch):
+    monkeypatch.setattr(limits, "MAX_BUCKETS", 3)
+    buckets = TokenBuckets("key", rate=1e-9, burst=2)  # (no refill within the test)
+    for key in "abc":
+        assert buckets.take(key)
+    assert buckets.take("a")  # "a" spent its burst, and is now the most recent
+    assert buckets.take("d")  # a fourth: "b", the least recent, is forgotten
+
+    assert buckets.take("b") and buckets.take("b")  # a forgotten bucket is a full one
+    assert not buckets.take("a")  # remembered, and empty
+
+
+def test_a_bucket_refused_again_and_again_is_not_the_one_forgotten(monkeypatch):
+    monkeypatch.setattr(limits, "MAX_BUCKETS", 2)
+    buckets = TokenBuckets("key", rate=1e-9, burst=1)
+    assert buckets.take("hammering") and buckets.take("other")
+    assert not buckets.take("hammering")  # refused: and now the most recent
+    assert buckets.take("third")  # "other", the least recent, is forgotten
+
+    assert not buckets.take("hammering")  # still remembered, still empty: no fresh burst

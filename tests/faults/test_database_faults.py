@@ -63,7 +63,7 @@ async def test_postgres_restart_under_load(private_postgres, start_gateway):
 
     assert_only_redirects_and_unavailable(load.answers)
     assert all(a.finished - a.started < 3.0 for a in load.answers)  # nothing hung
-    assert all(a.status == 307 for a in load.between(0, down_at))
+    assert all(a.status == 307 for a in load.between(0, down_at) if a.finished < down_at)
     # Cached answers may go on until the listener notices (its ping: 2 s); then none. Only
     # answers finished before the restart began count: one sent just before it may be
     # served by the restarted server on a busy machine, rightly.
