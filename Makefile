@@ -28,7 +28,7 @@ test: $(INSTALLED)
 test-fast: $(INSTALLED)
 	$(BIN)/pytest -m "not slow and not faults"
 
-# The benchmark of bench/run.py (about 14 minutes): results in bench/results/.
+# The benchmark of bench/run.py (about 20 minutes): results in bench/results/.
 bench: $(INSTALLED)
 	$(BIN)/pip install --quiet 'matplotlib>=3.8'
 	$(BIN)/python -m bench.run

@@ -15,20 +15,24 @@ from hypothesis import strategies as st
 
 from service.web.access_log import access_line
 from service.web.logs import JsonFormatter, log_time
+from service.web.request_ids import SANE_REQUEST_ID
 from tests.support.environment import NO_ABUSE_LIMITS, process_env
+from tests.support.http import raw_request
 from tests.support.processes import Gateway
 
-optional_text = st.none() | st.text()
+# Every member but the path as it can only be, by where it comes from (access_line's
+# docstring); the path is anything a client sends.
+HTTP_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110's tchar: a method
 
 
 @given(
-    request_id=optional_text,
-    method=st.text(min_size=1),
+    request_id=st.none() | st.from_regex(SANE_REQUEST_ID, fullmatch=True),
+    method=st.from_regex(HTTP_TOKEN, fullmatch=True),
     path=st.text(),
     status=st.integers(100, 599),
     duration_ms=st.floats(0, 1e6, allow_nan=False).map(lambda ms: round(ms, 3)),
-    workspace_id=optional_text,
-    key_prefix=optional_text,
+    workspace_id=st.none() | st.uuids().map(str),
+    key_prefix=st.none() | st.from_regex(r"ixk_[0-9A-Za-z]{8}", fullmatch=True),
     created=st.floats(0, 4e9, allow_nan=False),
 )
 def test_the_direct_line_is_the_formatters_line(
@@ -57,6 +61,17 @@ def test_the_direct_line_is_the_formatters_line(
         key_prefix,
     )
     assert direct == JsonFormatter().format(record)
+
+
+def test_the_clock_text_is_made_again_for_each_millisecond_and_second():
+    seconds = [1764878400.0, 1764878400.0004, 1764878400.0011, 1764878400.9999, 1764878401.0001]
+    assert [log_time(t) for t in seconds] == [
+        "2025-12-04T20:00:00.000+00:00",
+        "2025-12-04T20:00:00.000+00:00",
+        "2025-12-04T20:00:00.001+00:00",
+        "2025-12-04T20:00:00.999+00:00",
+        "2025-12-04T20:00:01.000+00:00",
+    ]
 
 
 def test_serve_takes_the_direct_path():
@@ -110,3 +125,31 @@ async def test_every_request_has_its_line_under_load(
         if line.get("logger") == "aiohttp.access" and line.get("path", "").endswith("/download")
     ]
     assert sorted(logged) == sorted(ids) == sorted(f"load-{index}" for index in range(requests))
+
+
+async def test_what_clients_choose_cannot_break_a_line(gateway_env, tmp_path):
+    """The members access_line writes unescaped hold only what their sources allow, here
+    against a real server: an odd method, a hostile X-Request-ID, a path of quotes,
+    backslashes and escapes. Every line is still one JSON object."""
+    gateway = Gateway({**gateway_env, "LOG_LEVEL": "INFO"}, log=tmp_path / "gateway.log")
+    try:
+        await gateway.wait_ready()
+        host, port = "127.0.0.1", int(gateway.url.rsplit(":", 1)[1])
+        hostile = [
+            b'GET /a%22b%5C"\\x HTTP/1.1\r\nHost: h\r\nX-Request-ID: a"b\\c\r\n',
+            b"M-SEARCH /%00%1b[31m HTTP/1.1\r\nHost: h\r\n",
+            b'GE"T / HTTP/1.1\r\nHost: h\r\n',
+        ]
+        for head in hostile:
+            await raw_request(host, port, head + b"Connection: close\r\n\r\n")
+    finally:
+        assert gateway.stop() == 0
+    # (Each line is one JSON object: json_lines parses every line of the log.)
+    access = [line for line in gateway.json_lines() if line.get("logger") == "aiohttp.access"]
+    by_path = {line["path"]: line for line in access}
+    assert by_path['/a"b\\"\\x']["request_id"] != 'a"b\\c'  # replaced, never echoed
+    assert by_path["/\x00\x1b[31m"]["method"] == "M-SEARCH"
+    assert [line["status"] for line in access if line["method"] == "UNKNOWN"] == [400]  # GE"T
+    # Durations to the microsecond, not the event loop's whole milliseconds.
+    middleware_timed = [line["duration_ms"] for line in access if line["method"] != "UNKNOWN"]
+    assert any(duration != int(duration) for duration in middleware_timed), middleware_timed

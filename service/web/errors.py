@@ -23,7 +23,7 @@ from .problems import (
     render,
     wants_problem_details,
 )
-from .request_ids import REQUEST_ID, request_id_of
+from .request_ids import REQUEST_ID, REQUEST_STARTED, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def render_failure(
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
+    started = request[REQUEST_STARTED] = time.perf_counter()
     request_id = request[REQUEST_ID] = request_id_of(request)
     metrics = request.app[METRICS]
     # No local here may hold a caught exception past its `except`: its traceback holds

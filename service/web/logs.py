@@ -26,18 +26,26 @@ _CONTEXT_FIELDS = (
 
 
 class _SecondClock:
-    """ISO 8601 UTC with milliseconds; the part up to the second is made once a second."""
+    """ISO 8601 UTC with milliseconds; the part up to the second is made once a second,
+    the whole text once a millisecond (a busy second logs thousands of lines)."""
 
     def __init__(self) -> None:
         self._second = -1
         self._second_text = ""
+        self._millis = -1
+        self._text = ""
 
     def text(self, created: float) -> str:
         second = int(created)
+        millis = int((created - second) * 1000)
         if second != self._second:
             self._second = second
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+        elif millis == self._millis:
+            return self._text
+        self._millis = millis
+        self._text = f"{self._second_text}.{millis:03d}+00:00"
+        return self._text
 
 
 _CLOCK = _SecondClock()

@@ -12,7 +12,7 @@ from ..core.tokens import PREFIX
 
 # An incoming X-Request-ID is kept only if it is short and plain; anything else
 # could forge log lines or carry a secret, so it is replaced, never echoed.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIds:
@@ -29,11 +29,15 @@ class RequestIds:
 
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 REQUEST_ID = web.RequestKey("request_id", str)
+# When the request reached the middlewares (time.perf_counter()): the access log's
+# duration. aiohttp's own is the event loop's clock, which uvloop keeps in whole
+# milliseconds, and a download takes a fraction of one.
+REQUEST_STARTED = web.RequestKey("request_started", float)
 
 
 def request_id_of(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-ID")
     # Never one that holds an API token: the id is echoed in bodies and every log line.
-    if incoming is not None and _SANE_REQUEST_ID.fullmatch(incoming) and PREFIX not in incoming:
+    if incoming is not None and SANE_REQUEST_ID.fullmatch(incoming) and PREFIX not in incoming:
         return incoming
     return request.app[REQUEST_IDS].next()
