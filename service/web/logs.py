@@ -27,25 +27,29 @@ _CONTEXT_FIELDS = (
 
 class _SecondClock:
     """ISO 8601 UTC with milliseconds; the part up to the second is made once a second,
-    the whole text once a millisecond (a busy second logs thousands of lines)."""
+    the whole text once a millisecond (a busy second logs thousands of lines). Each memo
+    is one tuple, replaced whole: a thread that logs meanwhile reads an old one or a new
+    one, never half of each."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._second_text = ""
-        self._millis = -1
-        self._text = ""
+        self._second: tuple[int, str] = (-1, "")
+        self._text: tuple[int, int, str] = (-1, -1, "")
 
     def text(self, created: float) -> str:
         second = int(created)
         millis = int((created - second) * 1000)
-        if second != self._second:
-            self._second = second
-            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        elif millis == self._millis:
-            return self._text
-        self._millis = millis
-        self._text = f"{self._second_text}.{millis:03d}+00:00"
-        return self._text
+        memo = self._text
+        if memo[1] == millis and memo[0] == second:
+            return memo[2]
+        whole = self._second
+        if whole[0] != second:
+            whole = self._second = (
+                second,
+                datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            )
+        text = f"{whole[1]}.{millis:03d}+00:00"
+        self._text = (second, millis, text)
+        return text
 
 
 _CLOCK = _SecondClock()
