@@ -137,7 +137,7 @@ PAIRED_COSTS = {"audit_cost": "the audit trail", "access_log_cost": "the access 
 
 def paired_cost_table(cost: dict[str, dict[str, Any]], what: str) -> list[str]:
     first = next(iter(cost.values()))
-    without, with_ = first.get("builds", ("gateway", "gateway+audit"))
+    without, with_ = first["builds"]
     lines = [
         "",
         f"{what.capitalize()}'s cost again ({with_} against {without}), from "
@@ -151,8 +151,7 @@ def paired_cost_table(cost: dict[str, dict[str, Any]], what: str) -> list[str]:
     ]
     for connections, runs in cost.items():
         base = ", ".join(f"{rps:,}" for rps in runs["rps"])
-        # (Results written before the access log's pair named it `rps_audited`.)
-        added = ", ".join(f"{rps:,}" for rps in runs.get("rps_with") or runs["rps_audited"])
+        added = ", ".join(f"{rps:,}" for rps in runs["rps_with"])
         lines.append(
             f"| {connections} | {base} | {added} | {runs['rps_ratio_of_medians']:.3f} | "
             f"{runs['cpu_us_median']} | {runs['cpu_us_added_median']:+.1f} |"
