@@ -1,20 +1,25 @@
 """The access log's direct path writes the very line JsonFormatter makes of the same
-record, is the path `serve` takes, and loses no line under load."""
+record, is the path `serve` takes, keeps the log's order, and loses no line under load or
+to another thread."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import subprocess
 import sys
+import uuid
 
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.web.access_log import access_line
-from service.web.logs import JsonFormatter, log_time
+from service.core.principal import Principal
+from service.web.access_log import access_line, access_lines
+from service.web.logs import DeferredLines, JsonFormatter, LineHandler, log_time
 from service.web.request_ids import SANE_REQUEST_ID
 from tests.support.environment import NO_ABUSE_LIMITS, process_env
 from tests.support.http import raw_request
@@ -72,6 +77,98 @@ def test_the_clock_text_is_made_again_for_each_millisecond_and_second():
         "2025-12-04T20:00:00.999+00:00",
         "2025-12-04T20:00:01.000+00:00",
     ]
+
+
+def access_fields(index: int, principal: Principal | None = None) -> tuple[object, ...]:
+    """What AccessLogger.log defers for one request."""
+    created = 1764878400.0 + index / 1000
+    return ("aiohttp.access", created, f"id-{index}", "GET", f"/p/{index}", 307, 0.0012, principal)
+
+
+def test_deferred_lines_are_the_direct_lines():
+    principal = Principal(
+        key_id=uuid.UUID(int=8),
+        workspace_id=uuid.UUID(int=7),
+        scope="read",
+        key_prefix="ixk_abcdefgh",
+        api_access=True,
+        expires_at=None,
+    )
+    fields = [access_fields(0, principal), access_fields(1)]
+    assert access_lines(fields) == (
+        access_line(
+            "aiohttp.access",
+            log_time(1764878400.0),
+            "id-0",
+            "GET",
+            "/p/0",
+            307,
+            1.2,
+            str(uuid.UUID(int=7)),
+            "ixk_abcdefgh",
+        )
+        + "\n"
+        + access_line(
+            "aiohttp.access", log_time(1764878400.001), "id-1", "GET", "/p/1", 307, 1.2, None, None
+        )
+        + "\n"
+    )
+
+
+def test_deferred_lines_keep_the_logs_order_and_their_bound():
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    deferred = handler.deferred(access_lines)
+    assert handler.deferred(access_lines) is deferred  # one buffer per kind of line
+    deferred.add(access_fields(0))
+    deferred.add(access_fields(1))
+    assert stream.getvalue() == ""  # waiting
+    record = logging.LogRecord("service", logging.WARNING, "", 0, "after them", (), None)
+    handler.handle(record)
+    logged = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("request_id", line["message"]) for line in logged] == [
+        "id-0",
+        "id-1",
+        "after them",
+    ]
+    # No more than LIMIT wait: the one that fills the buffer writes it.
+    for index in range(DeferredLines.LIMIT):
+        deferred.add(access_fields(index))
+    assert stream.getvalue().count("\n") == 3 + DeferredLines.LIMIT
+    deferred.add(access_fields(0))
+    handler.flush()
+    assert stream.getvalue().count("\n") == 4 + DeferredLines.LIMIT
+
+
+def test_a_line_added_while_others_are_made_waits_for_the_next_write():
+    """The event loop adds lines while another thread, logging, makes and writes those
+    that wait: what arrives meanwhile is neither lost nor written out of turn."""
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    arriving = [access_fields(2), access_fields(3)]
+
+    def render_while_more_arrive(waiting: list[tuple[object, ...]]) -> str:
+        text = access_lines(waiting)
+        if arriving:
+            deferred.add(arriving.pop(0))  # as the loop's thread would, meanwhile
+        return text
+
+    deferred = handler.deferred(render_while_more_arrive)
+    deferred.add(access_fields(0))
+    deferred.add(access_fields(1))
+    handler.flush()
+    assert request_ids(stream) == ["id-0", "id-1"]
+    handler.flush()
+    assert request_ids(stream) == ["id-0", "id-1", "id-2"]
+    handler.flush()
+    handler.flush()
+    assert request_ids(stream) == ["id-0", "id-1", "id-2", "id-3"]
+
+
+def request_ids(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
 
 
 def test_serve_takes_the_direct_path():

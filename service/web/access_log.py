@@ -4,10 +4,11 @@ aiohttp's default access log format (`%r`) includes the query string; ours logs
 the path only, and never a header, so tokens and presigned URLs stay out.
 
 A line goes through `logging` like any other, except where the service's own handler is
-the only one that would see it (`configure_logging`, as `serve` sets it up): then it is
-written straight into that handler's buffer, the same bytes JsonFormatter would make
-(tests/test_access_log.py compares them), without a LogRecord, the handler chain and a
-json.dumps for each request, which cost more than the gateway's own work on a download.
+the only one that would see it (`configure_logging`, as `serve` sets it up): then its
+fields wait in that handler's DeferredLines and become, a few hundred at a time, the same
+bytes JsonFormatter would make (tests/test_access_log.py compares them), without a
+LogRecord, the handler chain and a json.dumps for each request, which cost more than the
+gateway's own work on a download.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import logging
 from json.encoder import encode_basestring_ascii as json_string
 from time import perf_counter
+from time import time as wall_clock  # (log's `time` is aiohttp's argument)
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .auth import PRINCIPAL
-from .logs import LineHandler, log_time
+from .logs import DeferredLines, LineHandler, log_time
 from .request_ids import REQUEST_ID, REQUEST_STARTED
 
 
@@ -28,7 +31,8 @@ class AccessLogger(AbstractAccessLogger):
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
         # aiohttp makes one per connection; the check is a few attribute reads.
-        self._handler = sole_line_handler(logger)
+        handler = sole_line_handler(logger)
+        self._deferred: DeferredLines | None = handler.deferred(access_lines) if handler else None
 
     @property
     def enabled(self) -> bool:
@@ -37,39 +41,58 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         principal = request.get(PRINCIPAL)
-        request_id = request.get(REQUEST_ID)
         started = request.get(REQUEST_STARTED)
         # (aiohttp's `time`, in whole milliseconds, only for what never reached the
         # middlewares: a request the parser refused.)
         duration = perf_counter() - started if started is not None else time
-        duration_ms = round(duration * 1000, 3)
-        handler = self._handler
-        if handler is None:
-            self.logger.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status,
-                    "duration_ms": duration_ms,
-                    "workspace_id": principal.workspace_text if principal else None,
-                    "key_prefix": principal.key_prefix if principal else None,
-                },
+        deferred = self._deferred
+        if deferred is not None:
+            deferred.add(
+                (
+                    self.logger.name,
+                    wall_clock(),
+                    request.get(REQUEST_ID),
+                    request.method,
+                    request.path,
+                    response.status,
+                    duration,
+                    principal,
+                )
             )
             return
-        line = access_line(
-            self.logger.name,
-            log_time(),
-            request_id,
-            request.method,
-            request.path,
-            response.status,
-            duration_ms,
-            principal.workspace_text if principal else None,
-            principal.key_prefix if principal else None,
+        self.logger.info(
+            "request",
+            extra={
+                "request_id": request.get(REQUEST_ID),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(duration * 1000, 3),
+                "workspace_id": principal.workspace_text if principal else None,
+                "key_prefix": principal.key_prefix if principal else None,
+            },
         )
-        handler.write_line(line)
+
+
+def access_lines(waiting: list[tuple[Any, ...]]) -> str:
+    """The lines of AccessLogger.log's deferred fields, each ending in a newline."""
+    lines = []
+    for name, created, request_id, method, path, status, duration, principal in waiting:
+        lines.append(
+            access_line(
+                name,
+                log_time(created),
+                request_id,
+                method,
+                path,
+                status,
+                round(duration * 1000, 3),
+                principal.workspace_text if principal else None,
+                principal.key_prefix if principal else None,
+            )
+        )
+    lines.append("")
+    return "\n".join(lines)
 
 
 def sole_line_handler(logger: logging.Logger) -> LineHandler | None:
