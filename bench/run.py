@@ -129,6 +129,16 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *command] if shutil.which("taskset") else command
 
 
+def prepare_to_load() -> tuple[str, Path]:
+    """wrk, and the bench's work directory; enough file descriptors for its connections."""
+    wrk = ensure_wrk()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    workdir = HERE / ".work"
+    workdir.mkdir(exist_ok=True)
+    return wrk, workdir
+
+
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found:
@@ -611,11 +621,7 @@ async def presign_microbenchmark() -> dict[str, float]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    wrk = ensure_wrk()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    workdir = HERE / ".work"
-    workdir.mkdir(exist_ok=True)
+    wrk, workdir = prepare_to_load()
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

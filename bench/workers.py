@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from .run import (
     SHIPPED_LIMIT,
     WARM_UP_SECONDS,
     database,
-    ensure_wrk,
+    prepare_to_load,
     run_wrk,
     server_env,
     wait_listening,
@@ -52,11 +51,7 @@ def start(name: str, processes: int, port: int, database_url: str) -> list[subpr
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    wrk = ensure_wrk()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    workdir = HERE / ".work"
-    workdir.mkdir(exist_ok=True)
+    wrk, workdir = prepare_to_load()
     database_url, stop_database = await database(args, workdir)
     runs = []
     try:
