@@ -42,6 +42,7 @@ from .run import (
 
 PHASE_SECONDS = 0.05
 TURNS = ("access log", "no line")
+COUNTS_FILE = HERE / ".work" / "access_log_counts.json"  # in prepare_to_load's workdir
 
 
 def serve_taking_turns(port: int, counts_file: Path) -> int:
@@ -91,7 +92,7 @@ def start_taking_turns(port: int, database_url: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "bench.access_log", "--serve", str(port)]
     return subprocess.Popen(
         pinned(0, command),
-        env={**build_env("shipped", database_url), "PYTHONPATH": str(HERE.parent)},
+        env=build_env("shipped", database_url),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -111,7 +112,6 @@ def counts_now(process: subprocess.Popen[bytes], counts_file: Path) -> dict[str,
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     wrk, workdir = prepare_to_load()
     database_url, stop_database = await database(args, workdir)
-    counts_file = workdir / "access_log_counts.json"
     runs = []
     try:
         data = await workload_data(database_url, workdir)
@@ -122,9 +122,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await wait_listening(port, process)
                 run_wrk(wrk, port, 64, WARM_UP_SECONDS["warm"], data)
                 for connections in args.connections:
-                    before = counts_now(process, counts_file)
+                    before = counts_now(process, COUNTS_FILE)
                     run_wrk(wrk, port, connections, args.seconds, data)
-                    after = counts_now(process, counts_file)
+                    after = counts_now(process, COUNTS_FILE)
                     run = turns_compared(before, after)
                     run.update(launch=launch + 1, connections=connections)
                     runs.append(run)
@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--database-url", help="use this Postgres instead of an embedded one")
     args = parser.parse_args()
     if args.serve:
-        raise SystemExit(serve_taking_turns(args.serve, HERE / ".work" / "access_log_counts.json"))
+        raise SystemExit(serve_taking_turns(args.serve, COUNTS_FILE))
     results = asyncio.run(measure(args))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "access_log.json").write_text(json.dumps(results, indent=2) + "\n")
