@@ -1,11 +1,12 @@
 """Where a request's time goes in a gateway build: py-spy under wrk.
 
 `python -m bench.profile [--server shipped] [--workload warm|cold] [--connections 64]
-[--seconds 15]`: a workload of `bench.run` (warm: 10,000 attachments; cold: 1,000,000;
-100 keys, an embedded Postgres), one server pinned to CPU 0, wrk on CPU 1, and py-spy
-sampling the server meanwhile (`pip install py-spy`). Prints the share of samples by the
-code they were in (its own time, by module and by function) and leaves the raw samples in
-bench/.work/profile.txt, which flame-graph tools read (collapsed stacks).
+[--seconds 15] [--native] [--blocking]`: a workload of `bench.run` (warm: 10,000
+attachments; cold: 1,000,000; 100 keys, an embedded Postgres), one server pinned to CPU
+0, wrk on CPU 1, and py-spy sampling the server meanwhile (`pip install py-spy`). Prints
+the share of samples by the code they were in (its own time, by module and by function)
+and leaves the raw samples in bench/.work/profile.txt, which flame-graph tools read
+(collapsed stacks).
 """
 
 from __future__ import annotations
@@ -86,9 +87,22 @@ def find_py_spy() -> str:
     return py_spy
 
 
-def start_py_spy(py_spy: str, pid: int, seconds: int, samples: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` for `seconds`, on wrk's core, into collapsed stacks."""
+def start_py_spy(
+    py_spy: str, pid: int, seconds: int, samples: Path, native: bool, blocking: bool
+) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` for `seconds`, on wrk's core, into collapsed stacks; with
+    `native`, C frames too (then time in C counts to the C function).
+
+    Without `blocking` py-spy reads the stacks while the process runs. Pausing it for each
+    sample (py-spy's default) lands the pauses more often in system calls on this kind of
+    VM, so frames that make them (the socket writes, the loop's getpid check) show several
+    times their share of `perf record`'s; the non-blocking samples agree with perf.
+    """
     command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+    if native:
+        command.append("--native")
+    if not blocking:
+        command.append("--nonblocking")
     command += ["--duration", str(seconds), "-o", str(samples)]
     return subprocess.Popen(
         pinned(1, command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -108,7 +122,9 @@ async def profile(args: argparse.Namespace, py_spy: str) -> str:
             await wait_listening(port, process)
             run_wrk(wrk, port, 64, WARM_UP_SECONDS[args.workload], data)
             samples = workdir / "profile.txt"
-            spy = start_py_spy(py_spy, process.pid, args.seconds, samples)
+            spy = start_py_spy(
+                py_spy, process.pid, args.seconds, samples, args.native, args.blocking
+            )
             stats = run_wrk(wrk, port, args.connections, args.seconds, data)
             spy.wait(args.seconds + 30)
         finally:
@@ -130,6 +146,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--native", action="store_true", help="sample C frames too (uvloop, CPython, asyncpg)"
+    )
+    parser.add_argument("--blocking", action="store_true", help="pause the server for each sample")
     args = parser.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     print(asyncio.run(profile(args, find_py_spy())))

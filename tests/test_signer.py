@@ -9,6 +9,7 @@ from functools import cache
 import botocore.auth
 import botocore.session
 import pytest
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from hypothesis import HealthCheck, given, settings
@@ -167,3 +168,40 @@ def test_upload_urls_with_signed_headers_are_byte_identical_to_botocore(
     credentials = ReadOnlyCredentials(ACCESS_KEY, secret, token)
     signed = signer_for(region).sign("PUT", prefix, key, query, expires, credentials, at, headers)
     assert signed == expected
+
+
+def botocore_sign_query(url, params, expires, credentials, region, at):
+    """botocore's SigV4 query signing of any parameters, names below X-Amz-* included."""
+    request = AWSRequest(method="GET", url=url, params=dict(params))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.auth, "get_current_datetime", lambda: at)
+        botocore.auth.S3SigV4QueryAuth(credentials, "s3", region, expires).add_auth(request)
+    return request.url
+
+
+def test_urls_of_one_second_in_many_shapes_and_any_parameter_names():
+    """The X-Amz-* part is reused within a second per (key, token, expiry, signed headers),
+    and parameters that sort among or before the X-Amz-* ones still sort with them."""
+    at = datetime(2026, 12, 5, 9, 30, 15)
+    region = "eu-west-1"
+    signer = QuerySigner(client=None, credentials=None, region=region)
+    prefix = bucket_prefix_from("http://127.0.0.1:8333/attachments/k?X-Amz-Signature=0")
+    shapes = [
+        (secret, token, expires, params)
+        for secret in SECRETS
+        for token in TOKENS
+        for expires in (60, 900)
+        for params in (
+            [("response-content-type", "text/plain")],
+            [("A-first", "1"), ("response-content-type", "image/png")],
+            [("X-Amz-Between", "b c"), ("Y", "")],
+            [],
+        )
+    ]
+    for secret, token, expires, params in shapes * 2:  # the second round hits the cache
+        credentials = ReadOnlyCredentials(ACCESS_KEY, secret, token)
+        expected = botocore_sign_query(
+            prefix.url + "a%20b", params, expires, credentials, region, at
+        )
+        signed = signer.sign("GET", prefix, "a b", params, expires, credentials, at)
+        assert signed == expected

@@ -9,7 +9,10 @@ else to botocore, asked once per bucket:
 - the URL prefix of a bucket (scheme, host, port, path or virtual addressing, endpoint
   path) comes from a URL that aiobotocore itself presigned for that bucket;
 - credentials come from aiobotocore's credential chain and are re-read before they expire;
-- the signing key is derived once per (date, region, service).
+- the signing key is derived once per (date, region, service), and its HMAC state is
+  copied for each URL rather than rebuilt;
+- the X-Amz-* parameters, the same for every URL of one second, credentials, expiry and
+  set of signed headers, are joined once for that second.
 
 Downloads sign only `host`. Uploads also sign the headers S3 must then see exactly
 (Content-Type, Content-Length, x-amz-checksum-sha256), so that S3 refuses other bytes.
@@ -40,6 +43,17 @@ _VALUE_SAFE = "-_.~"
 CREDENTIALS_RECHECK_SECONDS = 60.0
 _PROBE_KEY = "k"
 ENCODING_MEMO_SIZE = 200_000
+# Every X-Amz-* name sorts at or before this one; lowercase names (response-*) after it.
+_LAST_AUTH_NAME = "X-Amz-SignedHeaders"
+
+
+@dataclass(frozen=True, slots=True)
+class _Authentication:
+    """The X-Amz-* parameters of URLs signed in one second with one shape."""
+
+    pairs: list[tuple[str, str]]  # in the order botocore puts them in the URL
+    query: str  # pairs joined for the URL
+    sorted_pairs: str  # pairs sorted and joined for the canonical query
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +94,10 @@ class QuerySigner:
         self._signing_date = ""
         self._signing_secret = ""
         self._signing_key = b""
+        # Copied for each signature: the key's inner and outer pads are hashed only once.
+        self._signing_mac = hmac.new(b"", digestmod=hashlib.sha256)
+        self._authentication_second = ""
+        self._authentications: dict[tuple[str, str | None, int, str], _Authentication] = {}
         self._scope_tail = f"/{region}/s3/aws4_request"
         # Percent-encodings of keys and response values: the same few recur per attachment.
         self._encoded: dict[tuple[str, str], str] = {}
@@ -143,36 +161,30 @@ class QuerySigner:
         date = timestamp[:8]
         if date != self._signing_date or credentials.secret_key != self._signing_secret:
             self._signing_key = self._derive_key(credentials.secret_key, date)
+            self._signing_mac = hmac.new(self._signing_key, digestmod=hashlib.sha256)
             self._signing_date = date
             self._signing_secret = credentials.secret_key
 
         query = [(name, self._quote(value, _VALUE_SAFE)) for name, value in params]
-        operation = "&".join(f"{name}={value}" for name, value in query)
-        scope = f"{credentials.access_key}/{date}{self._scope_tail}"
+        operation = "&".join(map("=".join, query))
         if headers:
             signed = sorted(
                 [(name.lower(), " ".join(value.split())) for name, value in headers]
                 + [("host", prefix.host)]
             )
             signed_names = ";".join(name for name, _ in signed)
-            signed_in_query = percent_encode(signed_names, _VALUE_SAFE)
             canonical_headers = "".join(f"{name}:{value}\n" for name, value in signed)
         else:  # downloads: only the host
-            signed_names = signed_in_query = "host"
+            signed_names = "host"
             canonical_headers = f"host:{prefix.host}\n"
-        auth = [
-            ("X-Amz-Algorithm", ALGORITHM),
-            ("X-Amz-Credential", percent_encode(scope, _VALUE_SAFE)),
-            ("X-Amz-Date", timestamp),
-            ("X-Amz-Expires", str(expires)),
-            ("X-Amz-SignedHeaders", signed_in_query),
-        ]
-        if credentials.token is not None:
-            auth.append(("X-Amz-Security-Token", percent_encode(credentials.token, _VALUE_SAFE)))
-        authentication = "&".join(f"{name}={value}" for name, value in auth)
+        auth = self._authentication(credentials, date, expires, signed_names)
 
         encoded_key = self._quote(key, _KEY_SAFE)
-        canonical_query = "&".join(f"{name}={value}" for name, value in sorted(query + auth))
+        if all(name > _LAST_AUTH_NAME for name, _ in query):  # the response-* parameters
+            query.sort()
+            canonical_query = "&".join((auth.sorted_pairs, *map("=".join, query)))
+        else:
+            canonical_query = "&".join(map("=".join, sorted(query + auth.pairs)))
         canonical_request = (
             f"{method}\n{prefix.path}{encoded_key}\n{canonical_query}\n"
             f"{canonical_headers}\n{signed_names}\n{UNSIGNED_PAYLOAD}"
@@ -181,9 +193,39 @@ class QuerySigner:
             f"{ALGORITHM}\n{timestamp}\n{date}{self._scope_tail}\n"
             + hashlib.sha256(canonical_request.encode()).hexdigest()
         )
-        signature = hmac.digest(self._signing_key, string_to_sign.encode(), "sha256").hex()
-        query_string = f"{operation}&{authentication}" if operation else authentication
+        mac = self._signing_mac.copy()
+        mac.update(string_to_sign.encode())
+        signature = mac.hexdigest()
+        query_string = f"{operation}&{auth.query}" if operation else auth.query
         return f"{prefix.url}{encoded_key}?{query_string}&X-Amz-Signature={signature}"
+
+    def _authentication(
+        self, credentials: Any, date: str, expires: int, signed_names: str
+    ) -> _Authentication:
+        """The X-Amz-* parameters, the same for every URL of one second and shape."""
+        shape = (credentials.access_key, credentials.token, expires, signed_names)
+        if self._authentication_second != self._timestamp:
+            self._authentications.clear()
+            self._authentication_second = self._timestamp
+        authentication = self._authentications.get(shape)
+        if authentication is None:
+            scope = f"{credentials.access_key}/{date}{self._scope_tail}"
+            pairs = [
+                ("X-Amz-Algorithm", ALGORITHM),
+                ("X-Amz-Credential", percent_encode(scope, _VALUE_SAFE)),
+                ("X-Amz-Date", self._timestamp),
+                ("X-Amz-Expires", str(expires)),
+                ("X-Amz-SignedHeaders", percent_encode(signed_names, _VALUE_SAFE)),
+            ]
+            if credentials.token is not None:
+                token = percent_encode(credentials.token, _VALUE_SAFE)
+                pairs.append(("X-Amz-Security-Token", token))
+            authentication = self._authentications[shape] = _Authentication(
+                pairs=pairs,
+                query="&".join(map("=".join, pairs)),
+                sorted_pairs="&".join(map("=".join, sorted(pairs))),
+            )
+        return authentication
 
     def _quote(self, value: str, safe: str) -> str:
         encoded = self._encoded.get((value, safe))
