@@ -7,7 +7,6 @@ import io
 import json
 import re
 import uuid
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -17,7 +16,7 @@ from service.core.disposition import content_disposition
 from service.data.admin import register_attachment
 from service.web.app import create_app
 from service.web.caches import CACHES
-from tests.support.http import assert_problem, fetch
+from tests.support.http import assert_problem, fetch, signed_response_headers
 from tests.support.storage import BUCKET
 from tests.support.waiting import eventually
 
@@ -366,6 +365,7 @@ async def test_the_content_type_defaults_to_octet_stream(client, make_tenant):
         b'{"filename": "a.txt", "size_bytes": 3, "content_type": null}',
         b'{"filename": "a.txt", "size_bytes": 3, "bucket": "elsewhere"}',
         b'{"filename": "a.txt", "size_bytes": 3, "object_key": "../x"}',
+        b"[" * 30_000 + b"]" * 30_000,  # nested too deep for the parser
     ],
 )
 async def test_a_bad_new_attachment_is_400_and_creates_nothing(client, conn, make_tenant, body):
@@ -466,12 +466,6 @@ async def test_another_tenant_cannot_confirm_or_delete(client, conn, make_tenant
 # --- metadata edits -------------------------------------------------------------------
 
 
-def signed_response_headers(location):
-    """The Content-Disposition and Content-Type a presigned URL asks S3 to send."""
-    query = parse_qs(urlsplit(location).query)
-    return query["response-content-disposition"][0], query["response-content-type"][0]
-
-
 async def test_patch_renames_and_retypes_and_the_next_url_says_so(
     client, make_tenant, make_attachment
 ):
@@ -567,6 +561,19 @@ async def test_bad_edits_are_400_and_change_nothing(
     assert_problem(response.status, raw, "invalid_request")
     response, raw = await call(client, "GET", path, tenant.auth())
     assert json.loads(raw)["filename"] == "kept.txt"
+
+
+async def test_an_edit_nested_too_deep_is_400(client, make_tenant, make_attachment):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    response, raw = await call(
+        client,
+        "PATCH",
+        f"/api/v1/attachments/{attachment_id}",
+        {**tenant.auth("write"), "Content-Type": "application/json"},
+        data=b'{"filename": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+    )
+    assert_problem(response.status, raw, "invalid_request")
 
 
 async def test_edits_of_pending_deleted_foreign_or_read_keyed_attachments_are_refused(

@@ -10,6 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from service.core.disposition import content_disposition
 from service.core.tokens import digest, display_prefix, generate_token
 from service.data.admin import create_key, delete_attachment, revoke_key, set_api_access
 from service.data.api_keys import find_keys
@@ -19,7 +20,9 @@ from service.data.pool import Database
 from service.web.app import create_app
 from service.web.caches import CACHES
 from service.web.database import DATABASE
+from tests.support.http import signed_response_headers
 from tests.support.processes import Gateway
+from tests.support.proxy import postgres_proxy
 from tests.support.waiting import eventually
 
 
@@ -355,3 +358,78 @@ async def test_concurrent_cold_lookups_share_a_query_and_never_cross_tenants(
         assert got == (307 if mine else 404), (mine, got)
     lookups = [q for q in logged if "attachments" in q]
     assert 1 <= len(lookups) <= len(asked) // 4, len(lookups)
+
+
+# What each first request reads the attachment with, and what it asks for.
+RACES = {
+    "download, key cached": ("download", True),
+    "download, key read with the attachment": ("download", False),
+    "batch of links": ("download-links", True),
+}
+
+
+@pytest.mark.parametrize("race", RACES)
+async def test_a_url_signed_from_a_row_changed_meanwhile_is_not_handed_out_again(
+    serve_app, settings, database_url, conn, make_tenant, make_attachment, race
+):
+    """A rename commits while a request's read of the attachment is on its way back: that
+    request may answer with what it read, but the URL it signed is never reused for the
+    next request, which names the new file."""
+    route, warm_key = RACES[race]
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, filename="old.txt")
+    other_id = await make_attachment(tenant.workspace_id)
+    download = f"/api/v1/attachments/{attachment_id}/download"
+    first_path = download if route == "download" else f"/api/v1/attachments/{route}"
+    proxy, slow_dsn = postgres_proxy(database_url)
+    async with proxy:
+        # Queries go through the proxy; the listener does not, so the change is heard at once.
+        app = create_app(
+            replace(
+                settings,
+                database_url=slow_dsn.format(port=proxy.port),
+                database_direct_url=database_url,
+                db_connect_timeout=10,
+                db_acquire_timeout=10,
+                db_statement_timeout=10,
+            )
+        )
+        client = await serve_app(app)
+        await eventually(lambda: app[CACHES].live, timeout=5)
+        if warm_key:  # then the first request's one query is the attachment's
+            other = f"/api/v1/attachments/{other_id}/download"
+            assert (
+                await client.get(other, headers=tenant.auth(), allow_redirects=False)
+            ).status == 307
+
+        row_read = asyncio.Event()
+        proxy.watch = lambda chunk: b"old.txt" in chunk and row_read.set()  # its row
+        proxy.delay = 0.5  # every packet reaches the other side half a second late
+        first = asyncio.create_task(
+            client.get(
+                first_path,
+                params={"id": str(attachment_id)} if route != "download" else None,
+                headers=tenant.auth(),
+                allow_redirects=False,
+            )
+        )
+        await asyncio.wait_for(row_read.wait(), 10)
+        generation = app[CACHES].generation
+        await conn.execute(
+            "UPDATE attachments SET filename = 'new.txt' WHERE id = $1", attachment_id
+        )
+        await eventually(lambda: app[CACHES].generation > generation, timeout=0.4)
+        assert not first.done()  # the change was heard before the old row arrived
+        proxy.delay = 0
+        response = await first
+        if route == "download":
+            location = response.headers["Location"]
+        else:
+            location = (await response.json())["items"][0]["url"]
+        assert "old.txt" in signed_response_headers(location)[0]  # what it read
+
+        response = await client.get(download, headers=tenant.auth(), allow_redirects=False)
+        assert response.status == 307
+        assert signed_response_headers(response.headers["Location"])[0] == content_disposition(
+            "new.txt"
+        )

@@ -140,7 +140,8 @@ async def list_attachments(request: web.Request) -> web.Response:
 async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: `[[[[...` nested deeper than the parser goes, well inside the body limit.
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         raise InvalidRequest("body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -46,8 +47,17 @@ DOWNLOAD_LINKS_ROUTE = "download_links"
 # Paths answered without an API key; every other path needs one (deny by default).
 PUBLIC_PATHS = web.AppKey("public_paths", frozenset[str])
 PRINCIPAL = web.RequestKey("principal", Principal)
-# The download's attachment, when authentication already fetched it in the same query.
-PREFETCHED: web.RequestKey[AttachmentTarget | None] = web.RequestKey("prefetched")
+
+
+class Prefetched(NamedTuple):
+    """The download's attachment, when authentication already fetched it in the same
+    query, and the caches' generation before that query (see `presigned_url`)."""
+
+    target: AttachmentTarget | None
+    read_at: int
+
+
+PREFETCHED = web.RequestKey("prefetched", Prefetched)
 
 # Refusals that mean "this token is wrong": what a guesser collects.
 GUESSES = frozenset({"malformed_token", "unknown_token"})
@@ -177,7 +187,7 @@ async def lookup_principal(request: web.Request, digest: bytes) -> Principal | N
     principal = Principal.from_row(row) if row is not None else None
     if row is not None and attachment_id is not None:
         target = AttachmentTarget.from_row(row) if row["attachment_id"] else None
-        request[PREFETCHED] = target
+        request[PREFETCHED] = Prefetched(target, generation)
         if caches.may_store(generation):
             caches.remember_attachment(str(attachment_id), row["workspace_id"], target)
     if caches.may_store(generation):

@@ -27,20 +27,21 @@ UPLOAD_PENDING_RETRY_SECONDS = 5
 
 async def attachment_target(
     request: web.Request, raw_id: str, workspace_id: uuid.UUID
-) -> tuple[str, AttachmentTarget | None]:
+) -> tuple[str, AttachmentTarget | None, int]:
     """The caller's attachment (and its canonical id): fetched with the key, cached, or
-    looked up now. An id that is not a UUID is the same 404 as a missing one, no query."""
+    looked up now; and the caches' generation it was read at, for `presigned_url`. An id
+    that is not a UUID is the same 404 as a missing one, no query."""
     caches = request.app[CACHES]
     if caches.live:
         cached = caches.attachment(raw_id, workspace_id)
         if not isinstance(cached, Missing):  # (mypy narrows a NamedTuple union no other way)
-            return raw_id, cached
+            return raw_id, cached, caches.generation
     # Asked second: authentication caches what it prefetched, so this is mostly a hit
     # above, and a request that prefetched nothing (every warm one) would pay a KeyError
     # inside `Request.get`. The cached entry is as fresh: a change to it drops it.
     prefetched = request.get(PREFETCHED, MISSING)
     if prefetched is not MISSING:
-        return raw_id.lower(), prefetched
+        return raw_id.lower(), prefetched.target, prefetched.read_at
     attachment_id = canonical_uuid(raw_id)
     if attachment_id is None:
         raise Problem("not_found")
@@ -49,18 +50,23 @@ async def attachment_target(
     target = await request.app[ATTACHMENT_LOOKUPS].find(attachment_id, workspace_id)
     if caches.may_store(generation):
         caches.remember_attachment(canonical, workspace_id, target)
-    return canonical, target
+    return canonical, target, generation
 
 
 async def presigned_url(
     request: web.Request,
     attachment_id: str,
     target: AttachmentTarget,
+    read_at: int,
     options: DownloadOptions = PLAIN,
     method: str | None = None,
 ) -> PresignedUrl:
     """A URL signed for this method (the request's unless given) and these options: a
-    fresh one, or one signed within the reuse window (its true expiry travels with it)."""
+    fresh one, or one signed within the reuse window (its true expiry travels with it).
+
+    `read_at` is the caches' generation when `target` was read: a URL signed for a target
+    that changed since is this request's answer, but is never kept for the next one (a
+    plain URL's cache key does not hold the target, so nothing else would tell it apart)."""
     method = method or request.method
     storage = request.app[STORAGE]
     if not storage.reachable:  # a URL, new or reused, would lead nowhere
@@ -73,7 +79,6 @@ async def presigned_url(
         if reused is not MISSING:
             counts.count_presign(method, "reused")
             return reused
-    generation = caches.generation
     presigned = await storage.presign(method, target, options)
     if presigned.shortened:  # never reused: it would fall short of the promised lifetime
         counts.count_presign(method, "shortened")
@@ -81,7 +86,7 @@ async def presigned_url(
     counts.count_presign(method, "signed")
     # A URL asked to live no longer than the reuse window would expire in the cache.
     reusable = options.expires_in is None or options.expires_in > caches.urls.ttl
-    if reusable and caches.may_store(generation):
+    if reusable and caches.may_store(read_at):
         caches.remember_url(attachment_id, method, presigned, variant)
     return presigned
 
@@ -95,14 +100,14 @@ async def download(request: web.Request) -> web.Response:
         request.app[SETTINGS].presign_max_expires_seconds,
     )
     raw_id = request.match_info["id"]
-    attachment_id, target = await attachment_target(
+    attachment_id, target, read_at = await attachment_target(
         request, raw_id, request[PRINCIPAL].workspace_id
     )
     if target is None:
         raise Problem("not_found")
     if target.pending:
         raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
-    presigned = await presigned_url(request, attachment_id, target, options)
+    presigned = await presigned_url(request, attachment_id, target, read_at, options)
     request[ISSUED_UNTIL] = presigned.expires_at_us
     if options.as_json:
         return link_response(request.method, target, presigned)

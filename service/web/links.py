@@ -53,10 +53,12 @@ def requested_ids(request: web.Request) -> list[tuple[str, uuid.UUID]]:
 
 async def attachment_targets(
     request: web.Request, ids: set[uuid.UUID], workspace_id: uuid.UUID
-) -> dict[uuid.UUID, AttachmentTarget | None]:
+) -> tuple[dict[uuid.UUID, AttachmentTarget | None], int]:
     """Each attachment of `ids`, None where the workspace has no such live one: from the
-    caches where they know, the rest in one query (remembered as downloads remember)."""
+    caches where they know, the rest in one query (remembered as downloads remember);
+    and the caches' generation they were all read at, for `presigned_url`."""
     caches = request.app[CACHES]
+    generation = caches.generation
     found: dict[uuid.UUID, AttachmentTarget | None] = {}
     if caches.live:
         for attachment_id in ids:
@@ -65,14 +67,13 @@ async def attachment_targets(
                 found[attachment_id] = cached
     missing = [attachment_id for attachment_id in ids if attachment_id not in found]
     if missing:
-        generation = caches.generation
         read = await attachments.targets(request.app[DATABASE], missing, workspace_id)
         store = caches.may_store(generation)
         for attachment_id in missing:
             target = found[attachment_id] = read.get(attachment_id)
             if store:
                 caches.remember_attachment(str(attachment_id), workspace_id, target)
-    return found
+    return found, generation
 
 
 def record(
@@ -103,7 +104,7 @@ async def download_links(request: web.Request) -> web.Response:
         request.query, None, request.app[SETTINGS].presign_max_expires_seconds
     )
     principal = request[PRINCIPAL]
-    targets = await attachment_targets(
+    targets, read_at = await attachment_targets(
         request, {attachment_id for _, attachment_id in ids}, principal.workspace_id
     )
     items: list[dict[str, Any]] = []
@@ -114,7 +115,9 @@ async def download_links(request: web.Request) -> web.Response:
             record(request, principal, raw_id, code, PROBLEM_TYPES[code].status)
             items.append({"id": raw_id, "problem": code})
             continue
-        presigned = await presigned_url(request, str(attachment_id), target, options, LINK_METHOD)
+        presigned = await presigned_url(
+            request, str(attachment_id), target, read_at, options, LINK_METHOD
+        )
         record(request, principal, raw_id, "issued", 200, presigned.expires_at_us)
         items.append({"id": raw_id, **link_json(LINK_METHOD, target, presigned)})
     return web.Response(body=json.dumps({"items": items}).encode(), content_type="application/json")

@@ -7,6 +7,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -60,3 +61,9 @@ async def fetch(location: str, method: str = "GET") -> tuple[int, bytes, dict[st
     async with aiohttp.ClientSession() as session:
         async with session.request(method, URL(location, encoded=True)) as response:
             return response.status, await response.read(), dict(response.headers)
+
+
+def signed_response_headers(location: str) -> tuple[str, str]:
+    """The Content-Disposition and Content-Type a presigned URL asks S3 to send."""
+    query = parse_qs(urlsplit(location).query)
+    return query["response-content-disposition"][0], query["response-content-type"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import yarl
@@ -14,13 +15,15 @@ class LatencyProxy:
     """Forwards 127.0.0.1:<port> to a TCP or Unix-socket target, holding each chunk
     `delay` seconds. `blackholed` (settable at any time) swallows every byte in both
     directions and leaves new connections unanswered: a peer that is there but silent,
-    as behind a dead route or a frozen server."""
+    as behind a dead route or a frozen server. `watch`, when set, sees each chunk the
+    target sends as it arrives, before it is held."""
 
     def __init__(self, host_or_socket: str, port: int, delay: float = 0.0) -> None:
         self.host_or_socket = host_or_socket
         self.target_port = port
         self.delay = delay
         self.blackholed = False
+        self.watch: Callable[[bytes], None] | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,14 +55,18 @@ class LatencyProxy:
                 self.host_or_socket, self.target_port
             )
         self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink))
+        for source, sink, from_target in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pump(source, sink, from_target))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, from_target: bool
+    ) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while chunk := await source.read(65536):
+                if from_target and self.watch is not None:
+                    self.watch(chunk)
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 if self.blackholed:
