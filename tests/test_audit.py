@@ -104,6 +104,28 @@ async def test_issued_urls_and_refusals_after_authentication_are_recorded(
     assert await recorded(conn, other.workspace_id) == []  # tried on it, not by it
 
 
+async def test_x_forwarded_for_in_several_lines_is_one_list(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    """A proxy that adds its own line (HAProxy's `option forwardfor`) after one the client
+    forged: the address it appended is the client's, not the forged one before it."""
+    client = await serve_app(create_app(replace(settings, trusted_proxies="127.0.0.1/32")))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    response = await raw_request(
+        client.host,
+        client.port,
+        f"GET /api/v1/attachments/{attachment_id}/download HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {tenant.read_token}\r\n"
+        "X-Forwarded-For: 198.51.100.66\r\nX-Forwarded-For: 203.0.113.7\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    assert response.status == 307
+    await client.app[AUDIT].flush()
+    (row,) = await recorded(conn, tenant.workspace_id)
+    assert str(row["client_address"]) == "203.0.113.7"
+
+
 async def test_x_forwarded_for_counts_only_from_trusted_proxies(
     serve_app, settings, conn, make_tenant, make_attachment
 ):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 from service.core.tokens import generate_token
@@ -13,8 +14,10 @@ from tests.support.http import raw_request
 READ = "read"
 
 
-def request(method: str, path: str, *headers: bytes, body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: test", b"Connection: close"]
+def request(
+    method: str, path: str, *headers: bytes, body: bytes = b"", host: bytes = b"test"
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + host, b"Connection: close"]
     if body:
         lines.append(f"Content-Length: {len(body)}".encode())
     return b"\r\n".join([*lines, *headers, b"", b""]) + body
@@ -27,6 +30,7 @@ def bearer(token: str) -> bytes:
 def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
     """(name, raw request, status, problem or None when the HTTP parser answers)."""
     good = bearer(token)
+    writer, as_json = bearer(write_token), b"Content-Type: application/json"
     download = f"/api/v1/attachments/{own}/download"
     missing = f"/api/v1/attachments/{uuid.uuid4()}/download"
     crc_flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
@@ -141,15 +145,31 @@ def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
          None),
         ("content-length on GET", request("GET", download, good, b"Content-Length: 0"), 307,
          None),
+        # aiohttp decompresses request bodies itself; one that does not decompress once
+        # crashed the handler reading it (500).
+        ("gzip body that is not gzip", request("POST", "/api/v1/attachments", writer,
+         as_json, b"Content-Encoding: gzip", body=b'{"filename": "a.txt", "size_bytes": 3}'), 400,
+         "invalid_request"),
+        ("gzip edit that is not gzip", request("PATCH", f"/api/v1/attachments/{own}", writer,
+         as_json, b"Content-Encoding: gzip", body=b'{"filename": "b.txt"}'), 400,
+         "invalid_request"),
+        ("deflate body that is not deflate", request("POST", "/api/v1/attachments", writer,
+         as_json, b"Content-Encoding: deflate", body=b'{"filename": "a.txt"}'), 400, None),
+        # The list's next-page link once came from the absolute URL, built from Host (500).
+        ("port out of range in Host", request("GET", "/api/v1/attachments?limit=1", good,
+         host=b"x:99999999"), 200, None),
+        ("two colons in Host", request("GET", "/api/v1/attachments?limit=1", good,
+         host=b"a:b:c"), 200, None),
     ]  # fmt: skip
     return table
 
 
 async def test_hostile_inputs_get_their_documented_answers(
-    client, conn, make_tenant, make_attachment
+    client, conn, make_tenant, make_attachment, caplog
 ):
     tenant, other = await make_tenant(), await make_tenant()
     own = str(await make_attachment(tenant.workspace_id))
+    await make_attachment(tenant.workspace_id)  # so that a page of one has a next page
     foreign = str(await make_attachment(other.workspace_id))
     deleted_id = await make_attachment(tenant.workspace_id)
     assert await delete_attachment(conn, deleted_id)
@@ -172,7 +192,11 @@ async def test_hostile_inputs_get_their_documented_answers(
             assert response.headers["cache-control"] == "no-store", name
         if status == 307:
             assert "x-amz-signature=" in response.headers["location"].lower(), name
+        if b"?limit=1 " in raw:
+            assert response.headers["link"].startswith("</api/v1/attachments?limit=1&cursor=")
         if "x-request-id" in response.headers:
             echoed = response.headers["x-request-id"]
             assert tenant.read_token not in echoed and "<" not in echoed, name
     assert failures == [], "\n".join(f"{n}: {s} {b[:120]!r}" for n, s, b in failures)
+    # The client's mistakes are not the service's errors: nothing logged as one.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

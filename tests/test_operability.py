@@ -22,7 +22,7 @@ from service.web.app import create_app
 from service.web.caches import CACHES
 from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, METRICS, RequestCounts
 from tests.support.openapi import DOCUMENT, HTTP_METHODS
-from tests.support.waiting import eventually
+from tests.support.waiting import changes_heard, eventually
 
 
 async def test_healthz_needs_no_key(client):
@@ -67,7 +67,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
-    client, make_tenant, make_attachment
+    client, conn, make_tenant, make_attachment
 ):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
@@ -75,6 +75,8 @@ async def test_metrics_count_requests_presigns_auth_failures_and_the_pool(
     # URLs are reused only once the invalidation listener is up (its first connection can
     # time out on a loaded machine, and it retries): the counts below assume reuse.
     await eventually(lambda: client.app[CACHES].live, timeout=15)
+    # The rows just made notify every listener: the first lookup must not overlap that.
+    await changes_heard(conn, client.app[CACHES])
     for _ in range(3):
         await client.get(path, headers=tenant.auth(), allow_redirects=False)
     await client.head(path, headers=tenant.auth(), allow_redirects=False)

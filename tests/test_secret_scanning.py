@@ -356,6 +356,20 @@ async def test_a_malformed_signed_report_is_400_and_changes_nothing(
     assert await recorded(conn, tenant.read_key_id) == []
 
 
+async def test_a_report_that_does_not_decompress_is_400_and_changes_nothing(
+    scanning, conn, make_tenant
+):
+    """aiohttp inflates a `Content-Encoding: gzip` body itself: one that is not gzip is
+    the sender's error (400), not the gateway's (500)."""
+    tenant = await make_tenant()
+    body = report(tenant.read_token)
+    headers = {**signed(body), "Content-Encoding": "gzip"}
+    response, answer = await post(scanning, body, headers)
+    assert_problem(response.status, answer, "invalid_request")
+    assert await key_is_live(conn, tenant.read_token)
+    assert await recorded(conn, tenant.read_key_id) == []
+
+
 async def test_reports_are_limited_per_address(serve_app, scanning_settings):
     limited = replace(
         scanning_settings, secret_scanning_per_address=0.01, secret_scanning_burst_per_address=3

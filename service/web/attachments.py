@@ -131,7 +131,9 @@ async def list_attachments(request: web.Request) -> web.Response:
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
     headers = {}
     if next_cursor is not None:
-        next_url = request.url.with_query(limit=str(limit), cursor=next_cursor)
+        # The relative URL: the absolute one is built from the Host header, which may
+        # not even parse (`Host: x:99999999`), and only the path and query are sent.
+        next_url = request.rel_url.with_query(limit=str(limit), cursor=next_cursor)
         headers["Link"] = f'<{next_url.path_qs}>; rel="next"'
     body = {"items": [attachment_json(row) for row in page], "next_cursor": next_cursor}
     return web.json_response(body, headers=headers)
@@ -141,8 +143,9 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.read())
     # RecursionError: `[[[[...` nested deeper than the parser goes, well inside the body limit.
-    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
-        raise InvalidRequest("body") from None
+    # RequestPayloadError: a `Content-Encoding` body that does not decompress.
+    except (ValueError, RecursionError, web.RequestPayloadError):
+        raise InvalidRequest("body") from None  # (UnicodeDecodeError is a ValueError)
     if not isinstance(data, dict):
         raise InvalidRequest("body")
     return data

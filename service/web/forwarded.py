@@ -31,7 +31,10 @@ def _client_address(
     peer = request.remote
     if not trusted or peer is None or not _is_trusted(peer, trusted):
         return peer
-    for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+    # Several header lines are one list, in order (RFC 9110 §5.3): a proxy may add its
+    # own line (HAProxy's `option forwardfor` does) after one its client forged.
+    hops = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    for hop in reversed(hops.split(",")):
         hop = hop.strip()
         try:
             ipaddress.ip_address(hop)

@@ -208,12 +208,14 @@ class ParserErrorRedaction(logging.Filter):
     """Strip the request bytes from aiohttp's parser errors before they are logged.
 
     When llhttp refuses a request (a NUL in a header, say) aiohttp logs the offending
-    line at ERROR with a traceback: that line may be an Authorization header.
+    line at ERROR with a traceback: that line may be an Authorization header. A body
+    that does not decompress is the client's error too: answered 400 by the handler,
+    aiohttp still logs it while draining the rest.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
             record.msg = "refused an unparseable HTTP request (%s)"
             record.args = (type(exc).__name__,)
             record.exc_info = None

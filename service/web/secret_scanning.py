@@ -77,9 +77,12 @@ async def capped_body(request: web.Request, limit: int) -> bytes:
         raise Problem("payload_too_large")
     chunks = []
     size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise Problem("payload_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(16 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise Problem("payload_too_large")
+            chunks.append(chunk)
+    except web.RequestPayloadError:  # a `Content-Encoding` body that does not decompress
+        raise Problem("invalid_request") from None
     return b"".join(chunks)

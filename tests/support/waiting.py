@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from service.data.caches import MISSING, HotPathCaches
+from service.data.invalidation import CHANNEL
 
 
 async def eventually(
@@ -22,3 +28,16 @@ async def eventually(
             return
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(interval)
+
+
+async def changes_heard(conn: asyncpg.Connection, caches: HotPathCaches) -> None:
+    """Wait until a live gateway's listener has applied every change committed so far.
+
+    Notifications arrive in commit order: once a marker sent now has been applied, every
+    change before it has been too, and none of them can overtake a lookup started after
+    (which would rightly keep the lookup's answer, or a URL signed from it, out of the
+    caches)."""
+    marker = str(uuid.uuid4())
+    caches.remember_attachment(marker, uuid.uuid4(), None)
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"attachment:{marker}")
+    await eventually(lambda: caches.attachments.peek(marker) is MISSING)
