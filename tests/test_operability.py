@@ -21,6 +21,7 @@ from service.web.api_docs import docs_page
 from service.web.app import create_app
 from service.web.caches import CACHES
 from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, METRICS, RequestCounts
+from service.web.storage import STORAGE
 from tests.support.openapi import DOCUMENT, HTTP_METHODS
 from tests.support.waiting import changes_heard, eventually
 
@@ -52,6 +53,27 @@ async def test_readyz_names_what_is_missing(serve_app, monkeypatch):
     assert await response.json() == {
         "status": "not_ready",
         "checks": {"database": "unreachable", "storage": "no S3 endpoint or region configured"},
+    }
+
+
+async def test_readyz_with_storage_unreachable_still_needs_its_database(serve_app, settings):
+    """Unreachable storage alone leaves an instance in rotation (every instance shares that
+    outage); an instance that cannot reach its database as well is not ready."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    isolated = replace(
+        settings,
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        s3_endpoint_url=nowhere,
+        s3_probe_interval_seconds=0.1,
+    )
+    client = await serve_app(create_app(isolated))
+    await eventually(lambda: not client.app[STORAGE].reachable, timeout=5)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert await response.json() == {
+        "status": "not_ready",
+        "checks": {"database": "unreachable", "storage": "unreachable"},
     }
 
 

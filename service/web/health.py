@@ -23,7 +23,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers and storage is configured; else 503 with the reasons."""
+    """Ready when the database answers and storage is configured (reachable or not); else
+    503 with the reasons."""
     checks = {"database": "ok", "storage": "ok"}
     try:
         await request.app[DATABASE].fetchrow("SELECT 1")
@@ -37,11 +38,11 @@ async def readyz(request: web.Request) -> web.Response:
     if storage.unavailable_reason:
         checks["storage"] = storage.unavailable_reason
     elif not storage.reachable:
-        # Every instance shares this outage and answers downloads 503 itself; taking them
-        # all out of the load balancer would only swap that answer for a connection error.
         checks["storage"] = "unreachable"
-        return web.json_response({"status": "ready", "checks": checks})
-    if checks["database"] == checks["storage"] == "ok":
+    # Unreachable storage alone is still ready: every instance shares that outage and
+    # answers downloads 503 itself, and taking them all out of the load balancer would
+    # only swap that answer for a connection error. Without its database it is not.
+    if checks["database"] == "ok" and checks["storage"] in ("ok", "unreachable"):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(
         {"status": "not_ready", "checks": checks},
