@@ -36,7 +36,20 @@ SHAPE = re.compile(
         ("dir/evil.sh", "attachment; filename=\"dir_evil.sh\"; filename*=UTF-8''dir_evil.sh"),
         (
             "it's (1),*.txt",
-            "attachment; filename=\"it's (1),*.txt\"; filename*=UTF-8''it%27s%20%281%29%2C%2A.txt",
+            "attachment; filename=\"it's (1),_.txt\"; filename*=UTF-8''it%27s%20%281%29%2C%2A.txt",
+        ),
+        # Compatibility forms that decompose to `..` and `/` in the ASCII fallback.
+        (
+            "\u2025\uff0f\u2025\uff0fetc\uff0fpasswd",
+            "attachment; filename=\"_.._etc_passwd\"; "
+            "filename*=UTF-8''%E2%80%A5%EF%BC%8F%E2%80%A5%EF%BC%8Fetc%EF%BC%8Fpasswd",
+        ),
+        ("\u2025", "attachment; filename=\"download\"; filename*=UTF-8''%E2%80%A5"),
+        # A name spelling a parameter of its own: one `filename*` in the header, ours.
+        (
+            "report.pdf; filename*=UTF-8''payload.exe; .pdf",
+            "attachment; filename=\"report.pdf_ filename_=UTF-8''payload.exe_ .pdf\"; "
+            "filename*=UTF-8''report.pdf%3B%20filename%2A%3DUTF-8%27%27payload.exe%3B%20.pdf",
         ),
         ("\r\n", "attachment; filename=\"download\"; filename*=UTF-8''download"),
         ("...", "attachment; filename=\"download\"; filename*=UTF-8''download"),
@@ -62,7 +75,9 @@ def test_any_filename_gives_a_well_formed_ascii_header(filename):
     match = SHAPE.match(value)
     assert match, value
     fallback, encoded = match.groups()
-    assert fallback and not set(fallback) & set('"\\%\r\n')
+    assert fallback and not set(fallback) & set('"\\%\r\n/;*')
+    assert fallback == fallback.strip(" .")  # never `..`, nor a hidden file's dot
+    assert value.count(";") == 2 and value.count("filename*=") == 1
     assert len(unquote(encoded).encode()) <= 255
 
 
@@ -74,7 +89,7 @@ def reference_disposition(filename: str) -> str:
     name = _truncate_utf8(name, 255) if name else "download"
     decomposed = unicodedata.normalize("NFKD", name)
     without_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
-    fallback = re.sub(r'[^\x20-\x7e]|["\\%]', "_", without_marks).strip(" ") or "download"
+    fallback = re.sub(r'[^\x20-\x7e]|["\\%/;*]', "_", without_marks).strip(" .") or "download"
     encoded = quote(name, safe="!#$&+^`|", encoding="utf-8", errors="strict")
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 

@@ -18,8 +18,11 @@ MAX_FILENAME_BYTES = 255
 # RFC 8187 attr-char beyond ALPHA / DIGIT, which quote() keeps anyway along with "_.-~".
 _ATTR_CHAR_EXTRAS = "!#$&+^`|"
 # What may stand in the quoted ASCII fallback: printable ASCII without `"`, `\` and `%`
-# (RFC 6266 appendix D: a `%` there may be decoded by some clients).
-_FALLBACK_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%]')
+# (RFC 6266 appendix D: a `%` there may be decoded by some clients), `/` (the name may be
+# made from compatibility forms such as U+FF0F FULLWIDTH SOLIDUS only now), and `;` and
+# `*`, with which a name could spell a parameter of its own (`x; filename*=UTF-8''y.exe`)
+# for a client that splits the header or searches it without parsing the quotes.
+_FALLBACK_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%/;*]')
 # Unicode categories dropped from names: control, format and surrogate characters.
 UNSHOWN = ("Cc", "Cf", "Cs")
 
@@ -63,5 +66,6 @@ def _ascii_fallback(name: str) -> str:
     if not name.isascii():
         decomposed = unicodedata.normalize("NFKD", name)
         name = "".join(c for c in decomposed if not unicodedata.combining(c))
-    fallback = _FALLBACK_UNSAFE.sub("_", name).strip(" ")
+    # Stripped again: `‥` (U+2025) decomposes to `..`.
+    fallback = _FALLBACK_UNSAFE.sub("_", name).strip(" .")
     return fallback or FALLBACK_NAME
