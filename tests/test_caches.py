@@ -14,16 +14,16 @@ from service.core.disposition import content_disposition
 from service.core.tokens import digest, display_prefix, generate_token
 from service.data.admin import create_key, delete_attachment, revoke_key, set_api_access
 from service.data.api_keys import find_keys
-from service.data.caches import MISSING, TTLCache
+from service.data.caches import ASKERS_PER_ATTACHMENT, MISSING, TTLCache
 from service.data.invalidation import APPLICATION_NAME
 from service.data.pool import Database
 from service.web.app import create_app
-from service.web.caches import CACHES
-from service.web.database import DATABASE
+from service.web.caches import CACHES, renew_attachments
+from service.web.database import ATTACHMENT_LOOKUPS, DATABASE
 from tests.support.http import signed_response_headers
 from tests.support.processes import Gateway
 from tests.support.proxy import postgres_proxy
-from tests.support.waiting import eventually
+from tests.support.waiting import changes_heard, eventually
 
 
 def test_ttl_cache_is_lru_and_expires(monkeypatch):
@@ -433,3 +433,42 @@ async def test_a_url_signed_from_a_row_changed_meanwhile_is_not_handed_out_again
         assert signed_response_headers(response.headers["Location"])[0] == content_disposition(
             "new.txt"
         )
+
+
+async def test_asking_for_another_tenants_id_never_displaces_the_owners_answer(
+    client, conn, make_tenant, make_attachment
+):
+    """Another tenant's id is that tenant's 404, cached as a missing id's is: beside the
+    owner's answer, never in its place. Displaced, the asker would find its own answer
+    gone after each of the owner's downloads, and learn from its slower next request that
+    the id exists and is in use."""
+    owner = await make_tenant()
+    askers = [await make_tenant() for _ in range(ASKERS_PER_ATTACHMENT + 1)]
+    attachment_id = str(await make_attachment(owner.workspace_id))
+    url = f"/api/v1/attachments/{attachment_id}/download"
+    caches = client.app[CACHES]
+    await eventually(lambda: caches.live)
+    await changes_heard(conn, caches)  # no notification of these rows still to come
+
+    def answers() -> list[object]:
+        return [caches.attachment(attachment_id, t.workspace_id) for t in (owner, *askers)]
+
+    for tenant, status in [(owner, 307), (askers[0], 404), (owner, 307), (askers[0], 404)]:
+        response = await client.get(url, headers=tenant.auth(), allow_redirects=False)
+        assert response.status == status
+    cached = answers()
+    assert cached[0] not in (MISSING, None) and cached[0].filename  # the owner's target
+    assert cached[1] is None  # known: not this workspace's
+    # More askers than an entry holds: the oldest refusal goes, the owner's answer stays.
+    for tenant in askers[1:]:
+        response = await client.get(url, headers=tenant.auth(), allow_redirects=False)
+        assert response.status == 404
+    owners, *refusals = answers()
+    assert owners == cached[0]
+    kept = ASKERS_PER_ATTACHMENT - 1  # beside the owner's
+    assert refusals == [MISSING] * (len(askers) - kept) + [None] * kept
+
+    # The refresher renews every answer the entry holds, each for its own workspace.
+    before = caches.attachments.peek(attachment_id)
+    await renew_attachments(caches, client.app[ATTACHMENT_LOOKUPS], [attachment_id])
+    assert caches.attachments.peek(attachment_id) == before

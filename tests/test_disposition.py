@@ -41,7 +41,7 @@ SHAPE = re.compile(
         # Compatibility forms that decompose to `..` and `/` in the ASCII fallback.
         (
             "\u2025\uff0f\u2025\uff0fetc\uff0fpasswd",
-            "attachment; filename=\"_.._etc_passwd\"; "
+            'attachment; filename="_.._etc_passwd"; '
             "filename*=UTF-8''%E2%80%A5%EF%BC%8F%E2%80%A5%EF%BC%8Fetc%EF%BC%8Fpasswd",
         ),
         ("\u2025", "attachment; filename=\"download\"; filename*=UTF-8''%E2%80%A5"),

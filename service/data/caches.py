@@ -27,6 +27,12 @@ MISSING: Final = Missing.MISSING
 Miss = Literal[Missing.MISSING]
 
 
+# Workspaces whose answers one attachment's entry holds at most: its owner's, and those of
+# the latest few who asked for an id not theirs (each got "no such attachment", looked up
+# once, as for a missing id).
+ASKERS_PER_ATTACHMENT = 4
+
+
 class TTLCache(Generic[K, V]):
     """An LRU map whose entries also expire `ttl` seconds after they were stored.
 
@@ -109,10 +115,11 @@ class HotPathCaches:
     """
 
     keys: TTLCache[bytes, Principal | None]  # token digest -> key, or None: no such live key
-    # Attachments by canonical id text (as in the URL: no parsing on a hit).
-    # Values are stored as plain tuples of strings and numbers (see `remember_attachment`):
-    # id -> (workspace id as an int, target as a tuple, or None).
-    attachments: TTLCache[str, tuple[int, tuple[Any, ...] | None]]
+    # Attachments by canonical id text (as in the URL: no parsing on a hit), each with the
+    # answer for every workspace that asked lately: id -> ((workspace id as an int, target
+    # as a tuple, or None), ...), plain tuples of strings and numbers (see
+    # `remember_attachment`), the latest asker first.
+    attachments: TTLCache[str, tuple[tuple[int, tuple[Any, ...] | None], ...]]
     # (attachment id, method, *variant) -> PresignedUrl as a plain tuple
     urls: TTLCache[tuple[Any, ...], tuple[Any, ...]]
     live: bool = False
@@ -142,16 +149,36 @@ class HotPathCaches:
     ) -> AttachmentTarget | Miss | None:
         """The cached target, None (known: no such live attachment here), or MISSING."""
         cached = self.attachments.get(attachment_id)
-        # Cached for another workspace's caller: that says nothing about this one.
-        if cached is MISSING or cached[0] != workspace_id.int:
+        if cached is MISSING:
             return MISSING
-        return AttachmentTarget._make(cached[1]) if cached[1] is not None else None
+        workspace = workspace_id.int
+        for asker, plain in cached:
+            if asker == workspace:
+                return AttachmentTarget._make(plain) if plain is not None else None
+        # Cached for another workspace's callers only: that says nothing about this one.
+        return MISSING
 
     def remember_attachment(
         self, attachment_id: str, workspace_id: uuid.UUID, target: AttachmentTarget | None
     ) -> None:
-        plain = tuple(target) if target is not None else None
-        self.attachments.put(attachment_id, (workspace_id.int, plain))
+        """Store one workspace's answer beside the others' (one entry per id, so that
+        `forget_attachment` drops them all), never in their place. Answers that displaced
+        each other would let a caller asking again for another tenant's id find its own
+        answer gone whenever the owner had downloaded that id meanwhile: timing its own
+        requests, it would learn that the id exists and is in use."""
+        workspace = workspace_id.int
+        answer = (workspace, tuple(target) if target is not None else None)
+        cached = self.attachments.peek(attachment_id)
+        if cached is MISSING:
+            self.attachments.put(attachment_id, (answer,))
+            return
+        others = [kept for kept in cached if kept[0] != workspace]
+        if len(others) >= ASKERS_PER_ATTACHMENT:
+            # The oldest "no such attachment" goes: never the owner's answer, or askers
+            # from a few workspaces could evict it as one would have.
+            oldest_refusal = next((kept for kept in reversed(others) if kept[1] is None), None)
+            others.remove(oldest_refusal or others[-1])
+        self.attachments.put(attachment_id, (answer, *others))
 
     def url(
         self, attachment_id: str, method: str, variant: tuple[Any, ...] = ()

@@ -144,13 +144,14 @@ async def renew_keys(caches: HotPathCaches, db: Database, digests: list[bytes]) 
 async def renew_attachments(
     caches: HotPathCaches, lookups: AttachmentLookups, attachment_ids: list[str]
 ) -> None:
-    owners = {}
+    askers = {}
     for attachment_id in attachment_ids:
         cached = caches.attachments.peek(attachment_id)
         if cached is not MISSING:
-            owners[uuid.UUID(attachment_id), uuid.UUID(int=cached[0])] = attachment_id
+            for workspace, _ in reversed(cached):  # (stored back in the same order)
+                askers[uuid.UUID(attachment_id), uuid.UUID(int=workspace)] = attachment_id
     generation = caches.generation
-    found = await lookups.find_many(list(owners))
+    found = await lookups.find_many(list(askers))
     if caches.may_store(generation):
-        for wanted, attachment_id in owners.items():
+        for wanted, attachment_id in askers.items():
             caches.remember_attachment(attachment_id, wanted[1], found.get(wanted))
