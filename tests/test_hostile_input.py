@@ -70,6 +70,8 @@ def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
          401, "unauthorized"),
         ("ixk token in any query value", request("GET", download + f"?t={token}", good), 401,
          "unauthorized"),
+        ("ixk token as a query name", request("GET", download + f"?{token}", good), 401,
+         "unauthorized"),
         ("tab separator", request("GET", download, f"Authorization: Bearer\t{token}".encode()),
          401, "unauthorized"),
         # Ids

@@ -205,8 +205,9 @@ def refuse_token_in_query(request: web.Request) -> None:
     if not request.query_string:
         return
     query = request.query
+    # A token as a name too: `?ixk_...` alone is a name with an empty value.
     if any(name in query for name in CREDENTIAL_PARAMETERS) or any(
-        value.startswith(PREFIX) for value in query.values()
+        name.startswith(PREFIX) or value.startswith(PREFIX) for name, value in query.items()
     ):
         raise unauthorized(CHALLENGE_INVALID_REQUEST, "token_in_query")
 
