@@ -116,6 +116,8 @@ def cases(token: str, write_token: str, own: str, foreign: str, deleted: str):
         ("missing id", request("GET", missing, good), 404, "not_found"),
         ("no such route", request("GET", "/api/v1/attachment", good), 404, "not_found"),
         ("no such route, no key", request("GET", "/api/v1/attachment"), 401, "unauthorized"),
+        ("a public path with %2F, no key", request("GET", "/api/v1%2Fopenapi.json"), 401,
+         "unauthorized"),
         # Methods
         ("HEAD", request("HEAD", download, good), 307, None),
         ("POST with read key", request("POST", download, good), 403, "insufficient_scope"),
