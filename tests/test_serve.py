@@ -152,3 +152,46 @@ def _is_zombie(pid: int) -> bool:
         return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return True
+
+
+async def test_a_second_signal_does_not_cut_the_shutdown_short(
+    gateway_env, database_url, conn, make_tenant, make_attachment, tmp_path
+):
+    """Ctrl-C on `serve --workers N` signals every worker twice (the terminal's SIGINT to
+    the process group, and the parent's forward), as systemd's default KillMode does with
+    SIGTERM: a signal during the shutdown under way does not cut it short, and every
+    queued audit row is still written."""
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    proxy, dsn = postgres_proxy(database_url)
+    async with proxy:
+        env = {
+            **gateway_env,
+            "DATABASE_URL": dsn.format(port=proxy.port),
+            "DATABASE_DIRECT_URL": database_url,
+            # No timed flush before the signal: every row is still queued when it comes.
+            "AUDIT_FLUSH_SECONDS": "600",
+        }
+        gateway = Gateway(env, log=tmp_path / "gw.log")
+        try:
+            await gateway.wait_ready()
+            path = f"/api/v1/attachments/{attachment_id}/download"
+            for _ in range(5):
+                assert await get(gateway.url + path, tenant.read_token) == 307
+            proxy.delay = 0.15  # each round trip now takes 0.3 s: the final flush, several
+            gateway.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.1)  # while it drains and flushes
+            gateway.process.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.1)
+            gateway.process.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.to_thread(gateway.process.wait, 20)
+        finally:
+            gateway.stop()
+    assert exit_code == 0, gateway.log.read_text()
+    written = await conn.fetchval(
+        "SELECT count(*) FROM download_audit WHERE workspace_id = $1", tenant.workspace_id
+    )
+    assert written == 5, gateway.log.read_text()
+    messages = [line.get("message") for line in gateway.json_lines()]
+    assert messages.count("shutting down already: the drain goes on (SIGKILL ends it at once)") == 2
+    assert "stopped" in messages

@@ -100,6 +100,7 @@ def run_app(
         pass  # the runner's signal handlers raise GracefulExit out of the loop
     finally:
         if not main.done():
+            _ignore_further_signals(loop)
             main.cancel()  # its `finally` drains: runner.cleanup()
             with suppress(asyncio.CancelledError):
                 loop.run_until_complete(main)
@@ -125,6 +126,21 @@ async def _serve_until_signal(
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def _ignore_further_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Shutting down already: another SIGINT or SIGTERM would raise GracefulExit again,
+    inside the drain, and the audit trail's last rows would be lost uncounted. One often
+    comes: Ctrl-C on `--workers N` reaches each worker from the terminal and from the
+    parent, as systemd's default KillMode signals the whole group. SIGKILL still ends it;
+    `runner.cleanup()` restores the default handlers when it is done."""
+
+    def already_stopping() -> None:
+        log.info("shutting down already: the drain goes on (SIGKILL ends it at once)")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError):  # (no signals off the main thread)
+            loop.add_signal_handler(signum, already_stopping)
 
 
 def settle_heap() -> None:
