@@ -18,12 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.core.principal import Principal
-from service.web.access_log import access_line, access_lines
+from service.core.tokens import generate_token
+from service.web.access_log import access_line, access_lines, loggable_path
 from service.web.logs import DeferredLines, JsonFormatter, LineHandler, log_time
 from service.web.request_ids import SANE_REQUEST_ID
 from tests.support.environment import NO_ABUSE_LIMITS, process_env
 from tests.support.http import raw_request
 from tests.support.processes import Gateway
+
+TOKEN = generate_token()
 
 # Every member but the path as it can only be, by where it comes from (access_line's
 # docstring); the path is anything a client sends.
@@ -234,6 +237,7 @@ async def test_what_clients_choose_cannot_break_a_line(gateway_env, tmp_path):
         host, port = "127.0.0.1", int(gateway.url.rsplit(":", 1)[1])
         hostile = [
             b'GET /a%22b%5C"\\x HTTP/1.1\r\nHost: h\r\nX-Request-ID: a"b\\c\r\n',
+            f"GET /api/v1/attachments/{TOKEN}/download HTTP/1.1\r\nHost: h\r\n".encode(),
             b"M-SEARCH /%00%1b[31m HTTP/1.1\r\nHost: h\r\n",
             b'GE"T / HTTP/1.1\r\nHost: h\r\n',
         ]
@@ -246,7 +250,33 @@ async def test_what_clients_choose_cannot_break_a_line(gateway_env, tmp_path):
     by_path = {line["path"]: line for line in access}
     assert by_path['/a"b\\"\\x']["request_id"] != 'a"b\\c'  # replaced, never echoed
     assert by_path["/\x00\x1b[31m"]["method"] == "M-SEARCH"
+    assert by_path["/api/v1/attachments/ixk_[redacted]/download"]["status"] == 401
+    assert TOKEN[4:] not in gateway.log.read_text()
     assert [line["status"] for line in access if line["method"] == "UNKNOWN"] == [400]  # GE"T
     # Durations to the microsecond, not the event loop's whole milliseconds.
     middleware_timed = [line["duration_ms"] for line in access if line["method"] != "UNKNOWN"]
     assert any(duration != int(duration) for duration in middleware_timed), middleware_timed
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/api/v1/attachments/x/download", "/api/v1/attachments/x/download"),
+        (f"/api/v1/attachments/{TOKEN}/download", "/api/v1/attachments/ixk_[redacted]/download"),
+        (f"/{TOKEN[:20]}", "/ixk_[redacted]"),  # cut short, still a secret's beginning
+        (f"/a/{TOKEN}x{TOKEN}", "/a/ixk_[redacted]"),
+    ],
+)
+def test_a_token_pasted_into_the_path_is_not_logged(path, logged):
+    assert loggable_path(path) == logged
+
+
+async def test_the_direct_line_redacts_a_token_in_the_path(client, make_tenant, caplog):
+    tenant = await make_tenant()
+    caplog.set_level(logging.INFO, "aiohttp.access")
+    path = f"/api/v1/attachments/{tenant.read_token}/download"
+    response = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+    assert response.status == 404
+    (line,) = [r for r in caplog.records if r.name == "aiohttp.access"]
+    assert line.path == "/api/v1/attachments/ixk_[redacted]/download"
+    assert tenant.read_token not in caplog.text

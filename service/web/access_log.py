@@ -1,7 +1,8 @@
 """The access log: one JSON line per request that never carries a secret.
 
 aiohttp's default access log format (`%r`) includes the query string; ours logs
-the path only, and never a header, so tokens and presigned URLs stay out.
+the path only (a token pasted into it redacted), and never a header, so tokens and
+presigned URLs stay out.
 
 A line goes through `logging` like any other, except where the service's own handler is
 the only one that would see it (`configure_logging`, as `serve` sets it up): then its
@@ -14,6 +15,7 @@ gateway's own work on a download.
 from __future__ import annotations
 
 import logging
+import re
 from json.encoder import encode_basestring_ascii as json_string
 from time import perf_counter
 from time import time as wall_clock  # (log's `time` is aiohttp's argument)
@@ -22,9 +24,19 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..core.tokens import PREFIX
 from .auth import PRINCIPAL
 from .logs import DeferredLines, LineHandler, log_time
 from .request_ids import REQUEST_ID, REQUEST_STARTED
+
+# A token pasted into the path (`/attachments/ixk_.../download`, a client's mistake), up
+# to the next slash: whole or cut short, it stays out of the log.
+TOKEN_IN_PATH = re.compile(re.escape(PREFIX) + "[^/]*")
+REDACTED_TOKEN = PREFIX + "[redacted]"
+
+
+def loggable_path(path: str) -> str:
+    return TOKEN_IN_PATH.sub(REDACTED_TOKEN, path) if PREFIX in path else path
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -65,7 +77,7 @@ class AccessLogger(AbstractAccessLogger):
             extra={
                 "request_id": request.get(REQUEST_ID),
                 "method": request.method,
-                "path": request.path,
+                "path": loggable_path(request.path),
                 "status": response.status,
                 "duration_ms": round(duration * 1000, 3),
                 "workspace_id": principal.workspace_text if principal else None,
@@ -84,7 +96,7 @@ def access_lines(waiting: list[tuple[Any, ...]]) -> str:
                 log_time(created),
                 request_id,
                 method,
-                path,
+                loggable_path(path),
                 status,
                 round(duration * 1000, 3),
                 principal.workspace_text if principal else None,
