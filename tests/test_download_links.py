@@ -12,10 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from service.core.options import MAX_LINKS_PER_REQUEST
+from service.devstack.ports import free_port
 from service.web.app import create_app
 from service.web.audit import AUDIT
+from service.web.storage import STORAGE
 from tests.support.http import assert_problem, fetch
 from tests.support.rate_limits import POLICY, REMAINING
+from tests.support.waiting import eventually
 
 PATH = "/api/v1/attachments/download-links"
 LINK_MEMBERS = ["id", "url", "method", "expires_at", "filename", "content_type", "size_bytes"]
@@ -205,6 +208,35 @@ async def test_every_id_gets_its_audit_row(serve_app, settings, conn, make_tenan
     ]
     assert all(r["key_id"] == tenant.read_key_id for r in rows)
     assert rows[0]["expires_at"] is not None and rows[1]["expires_at"] is None
+
+
+async def test_a_batch_refused_whole_leaves_that_refusal_for_every_id(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    """Storage unreachable: the batch is a 503, and no row says an id was `not_found` (or
+    `issued`) to a caller who was sent neither."""
+    nowhere = replace(
+        settings,
+        audit_enabled=True,
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        s3_probe_interval_seconds=0.1,
+    )
+    app = create_app(nowhere)
+    client = await serve_app(app)
+    await eventually(lambda: not app[STORAGE].reachable, timeout=5)
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    missing = uuid.uuid4()
+    response, body = await links(client, tenant.auth(), [missing, attachment_id])
+    assert_problem(response.status, body, "service_unavailable")
+    await app[AUDIT].flush()
+    rows = await conn.fetch(
+        "SELECT * FROM download_audit WHERE workspace_id = $1 ORDER BY at", tenant.workspace_id
+    )
+    assert [(r["attachment_id"], r["outcome"], r["status"]) for r in rows] == [
+        (missing, "service_unavailable", 503),
+        (attachment_id, "service_unavailable", 503),
+    ]
 
 
 async def test_a_renamed_attachment_s_next_batch_carries_the_new_name(

@@ -6,7 +6,7 @@ The answer lists one item per id, in the order asked: the link (as a download wi
 (`not_found`, `upload_pending`). The attachments not in the caches are read in one query
 bound to the caller's workspace, so another tenant's id is the same `not_found` as a
 missing one. The rate limits count one request per id (auth.py), and the audit trail
-gets one row per id.
+gets one row per id: the item's outcome, or, when the whole batch fails (a 503), that.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from ..core.attachment import AttachmentTarget
-from ..core.errors import InvalidRequest
+from ..core.errors import GatewayError, InvalidRequest
 from ..core.ids import canonical_uuid
-from ..core.options import MAX_LINKS_PER_REQUEST, parse_download_options
+from ..core.options import MAX_LINKS_PER_REQUEST, DownloadOptions, parse_download_options
 from ..core.principal import Principal
 from ..data import attachments
 from ..data.caches import Missing
@@ -30,7 +30,7 @@ from .caches import CACHES
 from .config import SETTINGS
 from .database import DATABASE
 from .downloads import link_json, presigned_url
-from .problems import PROBLEM_TYPES
+from .problems import PROBLEM_TYPES, Problem, problem_for_error
 
 # The URLs are always signed for GET: a HEAD of this route answers the same headers.
 LINK_METHOD = "GET"
@@ -104,20 +104,54 @@ async def download_links(request: web.Request) -> web.Response:
         request.query, None, request.app[SETTINGS].presign_max_expires_seconds
     )
     principal = request[PRINCIPAL]
+    try:
+        items, outcomes = await links_for(request, principal.workspace_id, ids, options)
+    except Problem as refusal:
+        refuse_batch(request, principal, ids, refusal)
+        raise
+    except GatewayError as error:  # (raised from the call, never held: see auth_middleware)
+        raise refuse_batch(request, principal, ids, problem_for_error(error)) from error
+    # Recorded only now: an id's "issued" row is a URL its caller was sent.
+    for raw_id, outcome, status, issued_until in outcomes:
+        record(request, principal, raw_id, outcome, status, issued_until)
+    return web.Response(body=json.dumps({"items": items}).encode(), content_type="application/json")
+
+
+async def links_for(
+    request: web.Request,
+    workspace_id: uuid.UUID,
+    ids: list[tuple[str, uuid.UUID]],
+    options: DownloadOptions,
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, int, int | None]]]:
+    """Each id's item, and its audit outcome (id, outcome, status, issued until)."""
     targets, read_at = await attachment_targets(
-        request, {attachment_id for _, attachment_id in ids}, principal.workspace_id
+        request, {attachment_id for _, attachment_id in ids}, workspace_id
     )
     items: list[dict[str, Any]] = []
+    outcomes: list[tuple[str, str, int, int | None]] = []
     for raw_id, attachment_id in ids:
         target = targets[attachment_id]
         if target is None or target.pending:
             code = "not_found" if target is None else "upload_pending"
-            record(request, principal, raw_id, code, PROBLEM_TYPES[code].status)
+            outcomes.append((raw_id, code, PROBLEM_TYPES[code].status, None))
             items.append({"id": raw_id, "problem": code})
             continue
         presigned = await presigned_url(
             request, str(attachment_id), target, read_at, options, LINK_METHOD
         )
-        record(request, principal, raw_id, "issued", 200, presigned.expires_at_us)
+        outcomes.append((raw_id, "issued", 200, presigned.expires_at_us))
         items.append({"id": raw_id, **link_json(LINK_METHOD, target, presigned)})
-    return web.Response(body=json.dumps({"items": items}).encode(), content_type="application/json")
+    return items, outcomes
+
+
+def refuse_batch(
+    request: web.Request,
+    principal: Principal,
+    ids: list[tuple[str, uuid.UUID]],
+    refusal: Problem,
+) -> Problem:
+    """The whole batch is answered `refusal` (a 503): each id gets the row a download
+    refused so would have left, none the outcome it had reached before."""
+    for raw_id, _ in ids:
+        record(request, principal, raw_id, refusal.code, refusal.type.status)
+    return refusal
