@@ -12,6 +12,7 @@ from service.core.tokens import generate_token
 from service.web import limits
 from service.web.app import create_app
 from service.web.limits import TokenBuckets
+from service.web.problems import Problem
 from tests.support.rate_limits import assert_rate_limited, download
 
 
@@ -130,3 +131,26 @@ def test_a_bucket_refused_again_and_again_is_not_the_one_forgotten(monkeypatch):
     assert buckets.take("third")  # "other", the least recent, is forgotten
 
     assert not buckets.take("hammering")  # still remembered, still empty: no fresh burst
+
+
+def test_a_request_the_workspace_refuses_costs_its_key_nothing(monkeypatch):
+    """The key's bucket is charged only for what is admitted, as the shared buckets'
+    script does (all or nothing): else a key in a throttled workspace would run dry on
+    refusals and, once the workspace refilled, be refused on its own account."""
+    clock = [100.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    rate_limits = limits.RateLimits(
+        per_key=(1e-9, 4), per_workspace=(1.0, 2), failed_auth_per_address=(0, 0),
+        reports_per_address=(0, 0),
+    )  # fmt: skip
+
+    def admitted() -> bool | str:
+        try:
+            rate_limits.admit("key", "workspace")
+        except Problem as refusal:
+            return refusal.reason
+        return True
+
+    assert [admitted() for _ in range(4)] == [True, True, "workspace", "workspace"]
+    clock[0] += 10  # the workspace's burst is back; the key's refills no faster than 1e-9/s
+    assert [admitted() for _ in range(3)] == [True, True, "key"]  # its own four, spent

@@ -92,6 +92,12 @@ class TokenBuckets:
             del buckets[next(iter(buckets))]
         return True
 
+    def give_back(self, key: Hashable, requests: int, now: float) -> None:
+        """Undo a `take` made at `now`: another policy refused the same request."""
+        entry = self._buckets.get(key)
+        if entry is not None:
+            self._buckets[key] = (min(float(self.burst), entry[0] + self.cost(requests)), now)
+
     def has_token(self, key: Hashable) -> bool:
         level = self._level(key, time.monotonic())
         if level >= self.burst:  # refilled: forgetting it changes nothing, lets `active` end
@@ -208,6 +214,10 @@ class RateLimits:
         if self.keys.enabled and not self.keys.take(key_id, requests, now):
             raise self.keys.refused(key_id, requests)
         if self.workspaces.enabled and not self.workspaces.take(workspace_id, requests, now):
+            # Not charged to the key: it would run dry on requests it never made, and be
+            # refused on its own once the workspace refilled (Redis's script agrees).
+            if self.keys.enabled:
+                self.keys.give_back(key_id, requests, now)
             raise self.workspaces.refused(workspace_id, requests)
 
     def check_address(self, address: str | None) -> None:
