@@ -340,6 +340,11 @@ def test_register_an_existing_object(cli, seaweed):
         ("key", "create", "--workspace", str(uuid.uuid4()), "--expires-in", "10" * 10),
         ("nonsense",),
         (),
+        # Each once a traceback, or silently ignored (0 read as "not given").
+        ("serve", "--port", "99999"),
+        ("serve", "--port", "0"),
+        ("serve", "--workers", "0"),
+        ("healthcheck", "--url", "localhost/healthz"),
     ],
 )
 @pytest.mark.slow

@@ -60,6 +60,14 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("S3_PROBE_INTERVAL_SECONDS", "-1"),
         ("SECRET_SCANNING_PER_ADDRESS", "-1"),
         ("SECRET_SCANNING_BURST_PER_ADDRESS", "0"),
+        # `nan` and `inf` parse as floats and slipped past every range check.
+        ("RATE_LIMIT_PER_KEY", "nan"),
+        ("AUDIT_FLUSH_SECONDS", "nan"),
+        ("DB_STATEMENT_TIMEOUT", "inf"),
+        ("LOG_LEVEL", "VERBOSE"),
+        ("PORT", "99999"),
+        ("PORT", "0"),
+        ("METRICS_PORT", "70000"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):
@@ -102,3 +110,19 @@ def test_bad_secret_scanning_keys_stop_the_start_with_one_line(value):
     with pytest.raises(SettingsError, match=r"^SECRET_SCANNING_PUBLIC_KEYS ") as raised:
         Settings.from_env({"SECRET_SCANNING_PUBLIC_KEYS": value})
     assert "\n" not in str(raised.value) and "BEGIN" not in str(raised.value)
+
+
+def test_a_bad_boolean_says_what_a_boolean_is():
+    with pytest.raises(SettingsError, match="AUDIT_ENABLED must be true or false, got 'maybe'"):
+        Settings.from_env({"AUDIT_ENABLED": "maybe"})
+
+
+def test_log_levels_are_read_in_any_case():
+    assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "debug"
+
+
+def test_a_dotenv_that_is_not_utf8_stops_the_start_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"LOG_LEVEL=\xff\xfe\n")
+    with pytest.raises(SettingsError, match=r"\.env is not UTF-8 text"):
+        Settings.from_env()

@@ -95,12 +95,17 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from ..server.processes import serve as serve_one
     from ..server.processes import serve_workers
 
-    workers = args.workers or settings.workers
+    workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError("--port must be a port, 1 to 65535")
     # The flags win over HOST/PORT/WORKERS, for the metrics listener too.
     settings = replace(
-        settings, host=args.host or settings.host, port=args.port or settings.port, workers=workers
+        settings,
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        workers=workers,
     )
     host, port = settings.host, settings.port
     if workers == 1:
@@ -146,6 +151,8 @@ def healthcheck(settings: Settings, args: argparse.Namespace) -> int:
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError):
         return 1
+    except ValueError:  # not a URL urllib can open: `localhost/healthz`
+        raise UsageError(f"--url {url!r} is not an http(s) URL") from None
 
 
 async def workspace_create(settings: Settings, args: argparse.Namespace) -> Result:

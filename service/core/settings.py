@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ MAX_UPLOAD_BYTES = 5 * 1024**4
 MIN_PART_BYTES = 5 * 1024**2
 # CORS_ALLOWED_ORIGINS's value for "every origin".
 ANY_ORIGIN = "*"
+# `logging`'s own names, in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # An origin as browsers serialize it: scheme, host and an optional port, nothing more.
 _ORIGIN = re.compile(r"https?://[a-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
@@ -199,6 +202,12 @@ class Settings:
             raise SettingsError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if self.workers < 1:
             raise SettingsError("WORKERS must be >= 1")
+        for name in ("port", "metrics_port"):
+            port = getattr(self, name)
+            if port is not None and not 1 <= port <= 65535:
+                raise SettingsError(f"{name.upper()} must be a port, 1 to 65535")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.db_statement_cache_size < 0:
             raise SettingsError("DB_STATEMENT_CACHE_SIZE must be 0 or more")
         for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
@@ -242,7 +251,10 @@ class Settings:
         working directory, whose values never override the real environment); an empty
         value means unset."""
         if environ is None:
-            from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            try:
+                from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            except UnicodeDecodeError:
+                raise SettingsError(".env is not UTF-8 text") from None
             environ = {**from_file, **os.environ}
         values: dict[str, Any] = {}
         for field in fields(cls):
@@ -256,22 +268,25 @@ class Settings:
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name).removesuffix(" | None")
+    if kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name.upper()} must be true or false, got {raw!r}")
+    if kind == "Path":
+        return Path(raw)
+    if kind not in ("int", "float"):
+        return raw
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "Path":
-            return Path(raw)
-        if kind == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise SettingsError(f"{name.upper()} must be true or false, got {raw!r}")
+        number = int(raw) if kind == "int" else float(raw)
     except ValueError:
         raise SettingsError(f"{name.upper()} must be a number, got {raw!r}") from None
-    return raw
+    # `nan` and `inf` parse, and would pass every range check below: a limit of
+    # RATE_LIMIT_PER_KEY=nan would be off, a timeout of inf never end.
+    if not math.isfinite(number):
+        raise SettingsError(f"{name.upper()} must be a finite number, got {raw!r}")
+    return number
 
 
 @lru_cache(maxsize=8)
