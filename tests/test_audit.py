@@ -15,12 +15,15 @@ import asyncpg
 import pytest
 
 from service.core.principal import Principal
+from service.core.settings import DEFAULT_MIGRATIONS_DIR
 from service.data.audit.trail import COLUMNS, AuditTrail, maintain_partitions
+from service.data.migrations import apply_migrations
 from service.devstack.ports import free_port
 from service.web.app import create_app
 from service.web.audit import AUDIT
 from tests.support.environment import process_env
 from tests.support.http import raw_request
+from tests.support.proxy import postgres_proxy
 
 
 def audit_record(at, workspace_id, **fields):
@@ -124,6 +127,22 @@ async def test_x_forwarded_for_in_several_lines_is_one_list(
     await client.app[AUDIT].flush()
     (row,) = await recorded(conn, tenant.workspace_id)
     assert str(row["client_address"]) == "203.0.113.7"
+
+
+async def test_an_address_with_a_scope_is_not_believed(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    """`fe80::1%<text>` parses as an address, its scope free text: a client's forgery
+    passed on by a proxy that does not append its own line."""
+    client = await serve_app(create_app(replace(settings, trusted_proxies="127.0.0.1/32")))
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    headers = {**tenant.auth(), "X-Forwarded-For": "fe80::1%x|3:400:spend"}
+    url = f"/api/v1/attachments/{attachment_id}/download"
+    assert (await client.get(url, headers=headers, allow_redirects=False)).status == 307
+    await client.app[AUDIT].flush()
+    (row,) = await recorded(conn, tenant.workspace_id)
+    assert str(row["client_address"]) == "127.0.0.1"  # the proxy's own: nothing believed
 
 
 async def test_x_forwarded_for_counts_only_from_trusted_proxies(
@@ -334,3 +353,45 @@ def test_the_audit_command_reads_it_back(database_url):
     assert "ixk_AAAAAAAA" in run().stdout
     bad = subprocess.run([*base, "--since", "yesterday"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+async def test_rows_written_while_their_month_s_partition_is_made_are_kept(fresh_database):
+    """A fresh database (or one whose month has no partition yet): the gateways make it at
+    start while requests are already being audited. A COPY that routed its rows to the
+    default partition as the new one was attached meanwhile is refused (23514); the rows
+    were not bad, and must be written, not dropped."""
+    dsn = await asyncio.to_thread(fresh_database)  # (it runs its own event loop)
+    await apply_migrations(dsn, DEFAULT_MIGRATIONS_DIR)
+    proxy, slow_dsn = postgres_proxy(dsn, delay=0.05)
+    async with proxy:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        slow_pool = await asyncpg.create_pool(slow_dsn.format(port=proxy.port), min_size=1)
+        try:
+            trail = AuditTrail(pool, queue_size=100_000, flush_seconds=1)
+            workspace = uuid.uuid4()
+            maintenance = asyncio.create_task(
+                maintain_partitions(slow_pool, 400, datetime.now(UTC).date())
+            )
+            recorded_count = 0
+            while not maintenance.done():
+                record_downloads(trail, workspace, 20)
+                recorded_count += 20
+                await trail.flush()
+            await maintenance
+            await trail.flush()
+        finally:
+            await slow_pool.close()
+            await pool.close()
+    assert recorded_count >= 200  # many flushes raced the maintenance
+    assert trail.dropped == 0
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM download_audit WHERE workspace_id = $1", workspace
+            )
+            == recorded_count
+        )
+        assert await conn.fetchval("SELECT count(*) FROM download_audit_default") == 0
+    finally:
+        await conn.close()

@@ -37,9 +37,14 @@ def _client_address(
     for hop in reversed(hops.split(",")):
         hop = hop.strip()
         try:
-            ipaddress.ip_address(hop)
+            address = ipaddress.ip_address(hop)
         except ValueError:
             break  # garbage: trust nothing further left
+        # A scope (`fe80::1%anything`) is free text after the address: garbage too, or a
+        # client could name a new bucket with each, or smuggle separators into the
+        # shared limits' batch.
+        if getattr(address, "scope_id", None) is not None:
+            break
         if not _is_trusted(hop, trusted):
             return hop
     return peer

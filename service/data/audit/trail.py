@@ -165,6 +165,12 @@ async def maintain_partitions(pool: asyncpg.Pool, retention_days: int, today: da
             name = f"download_audit_{start:%Y%m}"
             exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
             if not exists:
+                # No row may arrive meanwhile: one routed to the default partition between
+                # the move below and the ATTACH would fail the ATTACH (23514), again and
+                # again under load; one routed before the ATTACH but written after it would
+                # be refused itself. A COPY takes its lock on the parent before it routes
+                # anything, so it waits here and then routes by the new partitions.
+                await conn.execute("LOCK TABLE download_audit IN SHARE ROW EXCLUSIVE MODE")
                 # Rows of that month already in the default partition move with it.
                 await conn.execute(f"CREATE TABLE {name} (LIKE download_audit INCLUDING DEFAULTS)")
                 # (`name` is made from a date above, never from input.)
