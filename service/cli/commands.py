@@ -26,6 +26,7 @@ from ..core.errors import (
 )
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.settings import Settings
+from ..core.text import MAX_FILENAME_CHARS, is_storable_filename
 from ..data import admin, pool
 from ..data import purge as purging
 from ..data.migrations import apply_migrations
@@ -276,6 +277,17 @@ async def key_rotate(settings: Settings, args: argparse.Namespace) -> Result:
     return Result(human, data)
 
 
+def _filename(filename: str) -> str:
+    # Checked before any upload: refused by the database after it, the object would stay
+    # in the bucket with no row, where `purge` never looks.
+    if not is_storable_filename(filename):
+        raise UsageError(
+            f"the filename must be 1 to {MAX_FILENAME_CHARS:,} characters, none of them a "
+            "control character"
+        )
+    return filename
+
+
 def _content_type(value: str | None, filename: str) -> str:
     content_type = value or mimetypes.guess_type(filename)[0] or DEFAULT_CONTENT_TYPE
     if not is_media_type(content_type):
@@ -290,7 +302,7 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
     path = Path(args.path)
     if not path.is_file():  # noqa: ASYNC240 - one stat before any I/O starts
         raise UsageError(f"{path} is not a readable file")
-    filename = args.filename or path.name
+    filename = _filename(args.filename or path.name)
     content_type = _content_type(args.content_type, filename)
     bucket = args.bucket or settings.s3_default_bucket
     attachment_id = uuid.uuid4()
@@ -325,7 +337,7 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
 
 async def attachment_register(settings: Settings, args: argparse.Namespace) -> Result:
     workspace_id = parse_uuid(args.workspace, "workspace")
-    content_type = _content_type(args.content_type, args.filename)
+    content_type = _content_type(args.content_type, _filename(args.filename))
     if args.size is not None and args.size < 0:
         raise UsageError("--size must not be negative")
     async with connect(settings) as conn:

@@ -1,6 +1,12 @@
-"""Rules about text that arrives as JSON strings."""
+"""Rules about text that arrives as JSON strings or on the command line."""
 
 from __future__ import annotations
+
+import re
+
+MAX_FILENAME_CHARS = 1024  # the column's CHECK
+# Control characters (C0, DEL, C1) have no place in a file's name.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def is_utf8(text: str) -> bool:
@@ -10,3 +16,13 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_storable_filename(filename: str) -> bool:
+    """A file's name as the column takes it (a CHECK violation must never be the first to
+    notice): 1 to MAX_FILENAME_CHARS characters, no control character, valid UTF-8."""
+    return (
+        1 <= len(filename) <= MAX_FILENAME_CHARS
+        and CONTROL_CHARACTER.search(filename) is None
+        and is_utf8(filename)
+    )

@@ -22,7 +22,7 @@ from ..core.attachment import digest_of
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import canonical_uuid
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
-from ..core.text import is_utf8
+from ..core.text import is_storable_filename
 from ..core.times import epoch_us, from_epoch_us, rfc3339
 from ..core.uploads import checksum_header, parse_sha256, part_size_for, plan_parts
 from ..data import attachments
@@ -44,14 +44,11 @@ from .storage import STORAGE
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
-MAX_FILENAME_CHARS = 1024  # the column's CHECK
 
 # A page cursor: "<created_at in epoch microseconds>.<id in 32 hex digits>" of the last
 # row shown. Documented as opaque (its form may change); it tells the caller nothing the
 # page did not.
 CURSOR = re.compile(r"([0-9]{1,17})\.([0-9a-f]{32})")
-# Control characters (C0, DEL, C1) have no place in a file's name.
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 NEW_ATTACHMENT_FIELDS = frozenset({"filename", "content_type", "size_bytes", "sha256"})
 # Reading an object back to check its SHA-256 may take this long per GiB (and a minute).
@@ -152,14 +149,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 
 
 def checked_filename(filename: Any) -> str:
-    """A file's name as the column would take it (a CHECK violation must never be the
-    first to notice)."""
-    if (
-        not isinstance(filename, str)
-        or not 1 <= len(filename) <= MAX_FILENAME_CHARS
-        or CONTROL_CHARACTER.search(filename)
-        or not is_utf8(filename)
-    ):
+    if not isinstance(filename, str) or not is_storable_filename(filename):
         raise InvalidRequest("filename")
     return filename
 
