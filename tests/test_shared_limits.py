@@ -135,6 +135,29 @@ async def test_a_redis_that_is_slow_means_local_limits_within_the_timeout(replic
         sleeper.wait(10)
 
 
+async def test_requests_waiting_on_a_batch_that_times_out_fall_back_with_it(
+    replicas, redis_server
+):
+    """A request that arrives while a batch is in flight waits for that batch; if the
+    batch finds Redis silent, the request falls back when it does, not after a timeout of
+    its own (it once was sent to the silent Redis in the next batch)."""
+    (first,), tenant, attachment_id = await replicas(count=1, redis_timeout_seconds=0.5)
+    assert (await download(first, attachment_id, tenant.auth()))[0].status == 307  # connected
+    cli = REDIS_SERVER.replace("redis-server", "redis-cli")
+    sleeper = subprocess.Popen([cli, "-p", str(redis_server.port), "DEBUG", "SLEEP", "3"])
+    try:
+        await asyncio.sleep(0.2)
+        in_flight = asyncio.create_task(download(first, attachment_id, tenant.auth()))
+        await asyncio.sleep(0.2)  # the first batch is waiting on Redis
+        started = time.monotonic()
+        response, _ = await download(first, attachment_id, tenant.auth())
+        waited = time.monotonic() - started
+        assert response.status == 307 and (await in_flight)[0].status == 307
+        assert waited < 0.5  # the first batch's 0.3 s left, not that and 0.5 s more
+    finally:
+        sleeper.wait(10)
+
+
 async def test_a_batch_of_links_spends_one_token_per_id_from_the_shared_bucket(replicas):
     (first, second), tenant, attachment_id = await replicas(
         rate_limit_per_key=0.1, rate_limit_burst_per_key=6

@@ -149,6 +149,15 @@ class SharedBuckets:
         if not batch:
             self._busy = False
             return
+        if not self.up:
+            # The batch before found Redis down: those who waited for it fall back now,
+            # rather than after a timeout of their own.
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(SharedLimitsDown())
+            self.fallbacks += len(batch)
+            self._busy = False
+            return
         task = asyncio.get_running_loop().create_task(self._evaluate(batch))
         self._running.add(task)
         task.add_done_callback(self._batch_done)
