@@ -135,9 +135,7 @@ async def test_a_redis_that_is_slow_means_local_limits_within_the_timeout(replic
         sleeper.wait(10)
 
 
-async def test_requests_waiting_on_a_batch_that_times_out_fall_back_with_it(
-    replicas, redis_server
-):
+async def test_requests_waiting_on_a_batch_that_times_out_fall_back_with_it(replicas, redis_server):
     """A request that arrives while a batch is in flight waits for that batch; if the
     batch finds Redis silent, the request falls back when it does, not after a timeout of
     its own (it once was sent to the silent Redis in the next batch)."""
