@@ -152,10 +152,7 @@ class SharedBuckets:
         if not self.up:
             # The batch before found Redis down: those who waited for it fall back now,
             # rather than after a timeout of their own.
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(SharedLimitsDown())
-            self.fallbacks += len(batch)
+            self._fall_back(batch)
             self._busy = False
             return
         task = asyncio.get_running_loop().create_task(self._evaluate(batch))
@@ -177,10 +174,7 @@ class SharedBuckets:
                 reply = await self._run([self._policies, KEY_PREFIX, *(asks for asks, _ in batch)])
         except (RedisError, OSError, TimeoutError) as exc:
             self._went_down(exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(SharedLimitsDown())
-            self.fallbacks += len(batch)
+            self._fall_back(batch)
             return
         for word, (_, future) in zip(reply.split(), batch, strict=True):
             if future.done():
@@ -190,6 +184,13 @@ class SharedBuckets:
             else:
                 position, _, level = word.partition(b":")
                 future.set_result((int(position), float(level)))
+
+    def _fall_back(self, batch: list[tuple[str, asyncio.Future[Verdict]]]) -> None:
+        """Each request of `batch` is decided by its process's own buckets."""
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(SharedLimitsDown())
+        self.fallbacks += len(batch)
 
     async def _run(self, args: list[str]) -> bytes:
         if self._sha is None:
