@@ -595,6 +595,29 @@ MANIFESTS = sorted(
     for path in K8S_DIR.glob("*.yaml")
     if path.name != "kustomization.yaml"  # kustomize's own file, no Kubernetes kind
 )
+# The settings kustomize turns into the ConfigMap (configMapGenerator).
+GATEWAY_ENV = K8S_DIR / "gateway.env"
+BENCH_RESULTS = ROOT / "bench" / "results" / "latest.json"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """An env file as kustomize reads one: KEY=VALUE lines, `#` comments, no quoting."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        assert equals and name == name.strip() and name not in values, line
+        assert not value.startswith(("'", '"')), f"kustomize keeps quotes: {line}"
+        values[name] = value
+    return values
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity in MiB (the suffixes the manifests use)."""
+    match = re.fullmatch(r"(\d+)(Mi|Gi)", quantity)
+    assert match, quantity
+    return int(match[1]) * {"Mi": 1, "Gi": 1024}[match[2]]
 
 
 def load_manifest(name: str) -> dict[str, Any]:
@@ -611,7 +634,6 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 def test_every_expected_manifest_exists() -> None:
     assert set(MANIFESTS) == {
-        "configmap.yaml",
         "deployment.yaml",
         "hpa.yaml",
         "migrate-job.yaml",
@@ -650,8 +672,15 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     resources = kustomization["resources"]
     assert len(resources) == len(set(resources))
     assert set(resources) == set(MANIFESTS) - {"secret.example.yaml"}
-    images = {image["name"] for image in kustomization.get("images", [])}
-    assert images <= {"attachments-gateway"}
+    (image,) = kustomization["images"]
+    assert image["name"] == "attachments-gateway"
+    assert image["newName"].endswith("/attachments-gateway"), "the registry is set here"
+    # A generated ConfigMap's name holds a hash of its content, and the pods refer to it
+    # by that name: changed settings roll them (a ConfigMap in envFrom is read at start).
+    (generated,) = kustomization["configMapGenerator"]
+    assert generated["name"] == "attachments-gateway"
+    assert generated["envs"] == [GATEWAY_ENV.name]
+    assert generated.get("options", {}).get("disableNameSuffixHash") is not True
 
 
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -693,7 +722,8 @@ def probe_path(container: dict[str, Any], probe: str) -> tuple[str, int]:
 
 def test_deployment(k8s: dict[str, Any]) -> None:
     deployment = k8s["deployment.yaml"]
-    assert deployment["spec"]["replicas"] == 2
+    # The autoscaler owns the count: one here would be re-applied over it.
+    assert "replicas" not in deployment["spec"]
     assert_locked_down(deployment)
     spec = pod_spec(deployment)
     (container,) = spec["containers"]
@@ -705,11 +735,25 @@ def test_deployment(k8s: dict[str, Any]) -> None:
     # Draining: the preStop pause, then the app's own grace, both within the pod's grace.
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep" and int(pre_stop[1]) > 0
-    grace = float(k8s["configmap.yaml"]["data"].get("SHUTDOWN_GRACE_SECONDS", 0))
+    grace = float(read_env_file(GATEWAY_ENV).get("SHUTDOWN_GRACE_SECONDS", 0))
     grace = grace or DEFAULT_SHUTDOWN_GRACE
     assert spec["terminationGracePeriodSeconds"] > int(pre_stop[1]) + grace
     strategy = deployment["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
+
+
+def test_deployment_memory_covers_what_a_process_was_measured_to_hold(
+    k8s: dict[str, Any],
+) -> None:
+    """The benchmark's resident size with both caches at their default sizes and 5,000
+    idle connections held: the request covers it, and the limit leaves half again on top
+    for the audit queue's backlog and the collector's swings (else an OOM kill, and the
+    queued audit rows with it)."""
+    measured = json.loads(BENCH_RESULTS.read_text())["idle"]["rss_after_mb"]
+    (container,) = pod_spec(k8s["deployment.yaml"])["containers"]
+    resources = container["resources"]
+    assert mebibytes(resources["requests"]["memory"]) >= measured
+    assert mebibytes(resources["limits"]["memory"]) >= 1.5 * measured
 
 
 def test_migrate_job(k8s: dict[str, Any]) -> None:
@@ -758,14 +802,19 @@ def test_service_pdb_and_hpa_select_the_gateway_pods(k8s: dict[str, Any]) -> Non
 
 
 def test_configmap_and_secret_hold_only_settings_the_service_reads(k8s: dict[str, Any]) -> None:
-    config = k8s["configmap.yaml"]
+    config = read_env_file(GATEWAY_ENV)
     secret = k8s["secret.example.yaml"]
-    assert config["metadata"]["name"] == secret["metadata"]["name"] == "attachments-gateway"
-    assert set(config["data"]) <= SETTING_NAMES, set(config["data"]) - SETTING_NAMES
-    Settings.from_env(config["data"])  # the values are valid settings
+    assert secret["metadata"]["name"] == "attachments-gateway"
+    assert set(config) <= SETTING_NAMES, set(config) - SETTING_NAMES
     assert set(secret["stringData"]) <= SETTING_NAMES | AWS_CHAIN_NAMES
+    # What a pod reads, both together: valid settings, and none half set (REDIS_URL in
+    # the Secret with the backend left local started, granting the limits per replica).
+    settings = Settings.from_env(config | secret["stringData"])
+    assert settings.rate_limit_backend == "redis"
     assert "DATABASE_URL" in secret["stringData"]
-    assert not set(config["data"]) & {"DATABASE_URL", *AWS_CHAIN_NAMES}, "secrets in a ConfigMap"
+    assert not set(config) & {"DATABASE_URL", "REDIS_URL", *AWS_CHAIN_NAMES}, (
+        "secrets in a ConfigMap"
+    )
     for value in secret["stringData"].values():
         assert "CHANGE-ME" in value, "the example Secret holds placeholders only"
     assert "EXAMPLE" in (K8S_DIR / "secret.example.yaml").read_text().splitlines()[0]

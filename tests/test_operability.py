@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
 import re
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -15,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from service.core.settings import Settings
+from service.core.settings import DEFAULT_MIGRATIONS_DIR, Settings
+from service.data.migrations import apply_migrations
 from service.devstack.ports import free_port
 from service.web.api_docs import docs_page
 from service.web.app import create_app
@@ -38,8 +41,51 @@ async def test_readyz_when_everything_is_there(client):
     assert response.status == 200
     assert await response.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "storage": "ok"},
+        "checks": {"database": "ok", "schema": "ok", "storage": "ok"},
     }
+
+
+async def not_ready_checks(client) -> dict[str, str]:
+    """/readyz's checks, asserting it answered not ready."""
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0
+    body = await response.json()
+    assert body["status"] == "not_ready"
+    return body["checks"]
+
+
+async def test_readyz_waits_for_this_builds_migrations(
+    serve_app, settings, fresh_database, tmp_path
+):
+    """A new release's pods stay out of rotation until its migrations ran (the migrate
+    Job is applied beside them): before, they served the new code on the old schema."""
+    database_url = await asyncio.to_thread(fresh_database)
+    await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
+    next_release = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_MIGRATIONS_DIR, next_release)
+    (next_release / "9999_next_release.sql").write_text("CREATE TABLE next_release (id int);")
+    app = create_app(replace(settings, database_url=database_url, migrations_dir=next_release))
+    client = await serve_app(app)
+
+    assert await not_ready_checks(client) == {
+        "database": "ok",
+        "schema": "migrations not applied: 9999_next_release.sql",
+        "storage": "ok",
+    }
+
+    assert await apply_migrations(database_url, next_release) == ["9999_next_release.sql"]
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert (await response.json())["checks"]["schema"] == "ok"
+
+
+async def test_readyz_on_a_database_no_migration_ran_on(serve_app, settings, fresh_database):
+    database_url = await asyncio.to_thread(fresh_database)
+    client = await serve_app(create_app(replace(settings, database_url=database_url)))
+    shipped = sorted(path.name for path in DEFAULT_MIGRATIONS_DIR.glob("*.sql"))
+    checks = await not_ready_checks(client)
+    assert checks["schema"] == f"migrations not applied: {', '.join(shipped)}"
 
 
 async def test_readyz_names_what_is_missing(serve_app, monkeypatch):
@@ -47,12 +93,10 @@ async def test_readyz_names_what_is_missing(serve_app, monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     offline = Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     client = await serve_app(create_app(offline))
-    response = await client.get("/readyz")
-    assert response.status == 503
-    assert int(response.headers["Retry-After"]) > 0
-    assert await response.json() == {
-        "status": "not_ready",
-        "checks": {"database": "unreachable", "storage": "no S3 endpoint or region configured"},
+    assert await not_ready_checks(client) == {
+        "database": "unreachable",
+        "schema": "unknown",
+        "storage": "no S3 endpoint or region configured",
     }
 
 
@@ -68,12 +112,10 @@ async def test_readyz_with_storage_unreachable_still_needs_its_database(serve_ap
     )
     client = await serve_app(create_app(isolated))
     await eventually(lambda: not client.app[STORAGE].reachable, timeout=5)
-    response = await client.get("/readyz")
-    assert response.status == 503
-    assert int(response.headers["Retry-After"]) > 0
-    assert await response.json() == {
-        "status": "not_ready",
-        "checks": {"database": "unreachable", "storage": "unreachable"},
+    assert await not_ready_checks(client) == {
+        "database": "unreachable",
+        "schema": "unknown",
+        "storage": "unreachable",
     }
 
 

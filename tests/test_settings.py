@@ -68,6 +68,9 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("PORT", "99999"),
         ("PORT", "0"),
         ("METRICS_PORT", "70000"),
+        ("RATE_LIMIT_BACKEND", "memcached"),
+        # With the backend left local, each replica would grant the limits anew, silently.
+        ("REDIS_URL", "redis://127.0.0.1:6379/0"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):

@@ -170,6 +170,9 @@ class Settings:
             raise SettingsError("RATE_LIMIT_BACKEND must be 'local' or 'redis'")
         if self.rate_limit_backend == "redis" and not self.redis_url:
             raise SettingsError("RATE_LIMIT_BACKEND=redis needs REDIS_URL")
+        # Half a configuration would leave each replica granting the limits anew, silently.
+        if self.redis_url and self.rate_limit_backend != "redis":
+            raise SettingsError("REDIS_URL is only read with RATE_LIMIT_BACKEND=redis: set both")
         if self.redis_timeout_seconds <= 0:
             raise SettingsError("REDIS_TIMEOUT_SECONDS must be positive")
         try:

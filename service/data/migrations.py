@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
+from .pool import Database
+
 # An arbitrary constant: the advisory lock every migrating process takes.
 MIGRATION_LOCK_ID = 0x1A77_AC4E
 
@@ -48,6 +50,25 @@ def load_migrations(directory: Path) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return migrations
+
+
+def shipped_migrations(directory: Path) -> dict[str, str]:
+    """The migrations a build ships, by version (none when it ships no directory)."""
+    if not directory.is_dir():
+        return {}
+    return {
+        match.group(1): path.name
+        for path in sorted(directory.glob("*.sql"))
+        if (match := _FILE_NAME.fullmatch(path.name))
+    }
+
+
+async def applied_versions(database: Database) -> set[str]:
+    """The versions the database records as applied (none before the first migration)."""
+    row = await database.fetchrow("SELECT to_regclass('schema_migrations') IS NOT NULL AS found")
+    if row is None or not row["found"]:
+        return set()
+    return {row["version"] for row in await database.fetch("SELECT version FROM schema_migrations")}
 
 
 async def apply_migrations(dsn: str, directory: Path) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from aiohttp import web
 
 from ..core.errors import DatabaseUnavailable
+from ..data.migrations import applied_versions, shipped_migrations
+from ..data.pool import Database
 from .caches import LISTENER_STATUS
 from .config import Handler
 from .database import DATABASE
@@ -17,19 +19,46 @@ from .storage import STORAGE
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
+class SchemaCheck:
+    """The migrations this build ships that the database was not yet seen to hold.
+
+    A pod of a new release is not ready until its migrations ran (the migrate Job may
+    still be running, or may have failed): without this it would serve the new code
+    against the old schema. Once all are seen, never asked again (migrations only ever
+    add)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.pending = shipped_migrations(directory)
+
+    async def missing(self, database: Database) -> list[str]:
+        if self.pending:
+            applied = await applied_versions(database)
+            self.pending = {v: name for v, name in self.pending.items() if v not in applied}
+        return sorted(self.pending.values())
+
+
+SCHEMA_CHECK = web.AppKey("schema_check", SchemaCheck)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its event loop turns."""
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers and storage is configured (reachable or not); else
-    503 with the reasons."""
-    checks = {"database": "ok", "storage": "ok"}
+    """Ready when the database answers and holds this build's migrations, and storage is
+    configured (reachable or not); else 503 with the reasons."""
+    checks = {"database": "ok", "schema": "ok", "storage": "ok"}
+    database = request.app[DATABASE]
     try:
-        await request.app[DATABASE].fetchrow("SELECT 1")
+        await database.fetchrow("SELECT 1")
+        missing = await request.app[SCHEMA_CHECK].missing(database)
     except DatabaseUnavailable:
         checks["database"] = "unreachable"
+        checks["schema"] = "unknown"
+    else:
+        if missing:
+            checks["schema"] = f"migrations not applied: {', '.join(missing)}"
     listener = request.app.get(LISTENER_STATUS)
     if listener is not None and listener.undelivered:
         # The caches are off, so answers stay right, only slower: still ready.
@@ -42,7 +71,10 @@ async def readyz(request: web.Request) -> web.Response:
     # Unreachable storage alone is still ready: every instance shares that outage and
     # answers downloads 503 itself, and taking them all out of the load balancer would
     # only swap that answer for a connection error. Without its database it is not.
-    if checks["database"] == "ok" and checks["storage"] in ("ok", "unreachable"):
+    if checks["database"] == checks["schema"] == "ok" and checks["storage"] in (
+        "ok",
+        "unreachable",
+    ):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(
         {"status": "not_ready", "checks": checks},
