@@ -14,6 +14,7 @@ from yarl import URL
 
 from service.core.disposition import content_disposition
 from service.data.admin import register_attachment
+from service.data.attachments import NEXT_PAGE
 from service.web.app import create_app
 from service.web.caches import CACHES
 from tests.support.http import assert_problem, fetch, signed_response_headers
@@ -632,3 +633,27 @@ async def test_delete_is_204_then_gone_at_once(client, conn, make_tenant, make_a
     assert await conn.fetchval(
         "SELECT deleted_at IS NOT NULL FROM attachments WHERE id = $1", attachment_id
     )
+
+
+async def test_a_later_page_starts_its_index_scan_at_the_cursor(conn):
+    """Page N read the whole workspace down to its cursor (N times the limit): the OR alone
+    gives the index only `workspace_id`. Planned as asyncpg runs it, generic."""
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute("SET enable_seqscan = off")  # the suite's table is small
+    await conn.execute(f"PREPARE next_page AS {NEXT_PAGE}")
+    try:
+        workspace, cursor_id = uuid.uuid4(), uuid.uuid4()
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) EXECUTE next_page('{workspace}', now(), '{cursor_id}', 10)"
+        )
+    finally:
+        await conn.execute("DEALLOCATE next_page")
+
+    def nodes(node):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    (scan,) = [n for n in nodes(json.loads(plan)[0]["Plan"]) if "Index Name" in n]
+    assert scan["Index Name"] == "attachments_workspace_created_idx"
+    assert "created_at <=" in scan["Index Cond"], scan["Index Cond"]

@@ -27,7 +27,9 @@ SHOW = f"""
 """  # noqa: S608
 
 # Newest first; ties (one transaction's rows share created_at) broken by id. Both orders
-# are those of attachments_workspace_created_idx, so every page is an index range scan.
+# are those of attachments_workspace_created_idx, so every page is an index range scan:
+# on a later page, `created_at <= $2` is what starts it at the cursor (the OR alone would
+# leave the index only the workspace, and each page reads every row before its cursor).
 FIRST_PAGE = f"""
     SELECT {COLUMNS} FROM attachments
     WHERE workspace_id = $1 AND deleted_at IS NULL
@@ -37,7 +39,7 @@ FIRST_PAGE = f"""
 NEXT_PAGE = f"""
     SELECT {COLUMNS} FROM attachments
     WHERE workspace_id = $1 AND deleted_at IS NULL
-      AND (created_at < $2 OR (created_at = $2 AND id > $3))
+      AND created_at <= $2 AND (created_at < $2 OR (created_at = $2 AND id > $3))
     ORDER BY created_at DESC, id
     LIMIT $4
 """  # noqa: S608
