@@ -3,13 +3,18 @@ nothing else does. Run as a real process against Postgres and SeaweedFS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 from botocore.exceptions import ClientError
 
 from service.data.admin import register_attachment
+from service.data.purge import PURGE_BATCH, purge
+from service.storage.client import internal_client
 from tests.support.storage import BUCKET
 
 
@@ -110,3 +115,73 @@ async def test_when_storage_fails_the_batch_stays_for_the_next_run(
 def test_purge_needs_an_age(cli):
     for value in ("soon", "7", "-1d", "2026-01-01"):
         assert "--older-than" in cli("purge", "--older-than", value, expect=2).stderr
+
+
+@pytest.mark.slow
+def test_purge_never_takes_an_upload_whose_url_still_works(cli):
+    """An upload's URL works for 15 minutes: a row purged sooner could get its object
+    after the purge, and nothing would ever name (or remove) that object."""
+    for value in ("0m", "14m"):
+        result = cli("purge", "--older-than", value, "--dry-run", expect=2)
+        assert "at least 15m" in result.stderr
+    cli("purge", "--older-than", "15m", "--dry-run")
+
+
+class PausedAfterItsFirstBatch:
+    """A purge's connection that, once its first batch's rows are deleted, waits until the
+    other purge's are too: the moment when each still sees the other's rows."""
+
+    def __init__(self, conn, both_took_a_batch: asyncio.Barrier):
+        self.conn = conn
+        self.both_took_a_batch = both_took_a_batch
+        self.waited = False
+
+    def transaction(self):
+        return self.conn.transaction()
+
+    async def execute(self, query, *args):
+        return await self.conn.execute(query, *args)
+
+    async def fetch(self, query, *args):
+        rows = await self.conn.fetch(query, *args)
+        if query is PURGE_BATCH and not self.waited:
+            self.waited = True
+            await self.both_took_a_batch.wait()
+        return rows
+
+
+async def test_two_purges_at_once_remove_an_object_two_rows_named(
+    conn, database_url, settings, seaweed, make_tenant, make_attachment
+):
+    """Each purge took one of the two rows; both saw the other's, not yet deleted, kept the
+    object, and left it named by no row."""
+    tenant = await make_tenant()
+    key = f"purge/{uuid.uuid4()}/named-twice"
+    first = await make_attachment(tenant.workspace_id, key=key)
+    second = await register_attachment(
+        conn, tenant.workspace_id, bucket=BUCKET, object_key=key, filename="again"
+    )
+    for attachment_id in (first, second):
+        await age(conn, attachment_id, "deleted_at", 24 * 800)  # older than other tests' rows
+    cutoff = datetime.now(UTC) - timedelta(days=700)
+
+    both_took_a_batch = asyncio.Barrier(2)
+    connections = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        async with internal_client(settings) as s3:
+            reports = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        purge(PausedAfterItsFirstBatch(c, both_took_a_batch), s3, cutoff, 1)
+                        for c in connections
+                    )
+                ),
+                timeout=30,
+            )
+    finally:
+        for c in connections:
+            await c.close()
+
+    assert sorted(report.rows for report in reports) == [1, 1]
+    assert sum(report.objects for report in reports) == 1
+    assert not object_exists(seaweed, key)

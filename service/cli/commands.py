@@ -32,7 +32,7 @@ from ..data import purge as purging
 from ..data.migrations import apply_migrations
 from ..data.pool import UNAVAILABLE_ERRORS
 from ..devstack.demo import StateFileError, ensure_demo
-from ..storage.client import internal_client
+from ..storage.client import UPLOAD_URL_SECONDS, internal_client
 from ..storage.uploads import MAX_PARALLEL_PARTS, TerminalProgress, upload_file
 
 
@@ -441,11 +441,21 @@ async def audit(settings: Settings, args: argparse.Namespace) -> Result:
     return Result("\n".join(lines) or "no downloads recorded", rows)
 
 
+# An upload's URL works this long: a row purged sooner could still get its object after,
+# and that object no row would name.
+MIN_PURGE_AGE = timedelta(seconds=UPLOAD_URL_SECONDS)
+
+
 def parse_age(value: str) -> timedelta:
-    """`90m`, `12h`, `30d`: an age, not a moment."""
+    """`90m`, `12h`, `30d`: an age, not a moment; at least MIN_PURGE_AGE."""
     age = relative_age(value)
     if age is None:
         raise UsageError(f"--older-than {value!r}: use minutes, hours or days (90m, 12h, 30d)")
+    if age < MIN_PURGE_AGE:
+        minutes = MIN_PURGE_AGE // timedelta(minutes=1)
+        raise UsageError(
+            f"--older-than {value!r}: at least {minutes}m, as long as an upload's URL works"
+        )
     return age
 
 

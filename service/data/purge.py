@@ -8,12 +8,15 @@ never confirmed (a multipart one's parts aborted too). Nothing is lost on the wa
 - the rows are locked while their objects are removed, so an upload confirmed at that
   moment waits, then finds its row gone (404), never a row without its object;
 - an object another row still names (`attachment register` can point two rows at one
-  key) is left in place.
+  key) is left in place; two purges that each take one of those rows look at the object
+  in turn (a lock per object), so the second sees the first's deletion and removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,6 +57,26 @@ UNSHARED_OBJECTS = """
 """
 
 
+# Held to the batch's commit. Without it, two purges that had each deleted one of two
+# rows naming an object both still saw the other's row, kept the object, and left it
+# named by nothing. Taken in one order by every purge, so none waits on another in a cycle.
+LOCK_OBJECTS = "SELECT pg_advisory_xact_lock(lock_id) FROM unnest($1::bigint[]) AS lock_id"
+
+
+def object_lock_ids(objects: Iterable[tuple[str, str]]) -> list[int]:
+    """The objects' advisory lock ids, sorted (a bucket name holds no `/`)."""
+    return sorted(
+        {
+            int.from_bytes(
+                hashlib.blake2b(f"{bucket}/{key}".encode(), digest_size=8).digest(),
+                "big",
+                signed=True,
+            )
+            for bucket, key in objects
+        }
+    )
+
+
 async def abort_upload(s3: Any, bucket: str, key: str, upload_id: str) -> None:
     """Drop a multipart upload's parts; one S3 no longer knows is gone already."""
     try:
@@ -74,18 +97,21 @@ async def count_purgeable(conn: asyncpg.Connection, cutoff: datetime) -> int:
     return int(await conn.fetchval(COUNT_PURGEABLE, cutoff))
 
 
-async def purge(conn: asyncpg.Connection, s3: Any, cutoff: datetime) -> PurgeReport:
+async def purge(
+    conn: asyncpg.Connection, s3: Any, cutoff: datetime, batch_size: int = BATCH_SIZE
+) -> PurgeReport:
     """Purge in batches until nothing older than `cutoff` is left. An S3 failure rolls
     the current batch back and is raised as StorageUnavailable (earlier batches stay
     purged)."""
     report = PurgeReport()
     while True:
         async with conn.transaction():
-            rows = await conn.fetch(PURGE_BATCH, cutoff, BATCH_SIZE)
+            rows = await conn.fetch(PURGE_BATCH, cutoff, batch_size)
             if not rows:
                 return report
             buckets = [row["bucket"] for row in rows]
             keys = [row["object_key"] for row in rows]
+            await conn.execute(LOCK_OBJECTS, object_lock_ids(zip(buckets, keys, strict=True)))
             unshared = await conn.fetch(UNSHARED_OBJECTS, buckets, keys)
             # S3's DeleteObject succeeds for a key that is already gone, and an upload S3
             # no longer knows counts as aborted: reruns are safe.
