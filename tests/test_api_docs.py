@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import re
 
+import pytest
+
 from service.web.api_docs import ASSET_CACHING, docs_page
 
 ASSET = re.compile(r'(?:src|href)="(docs/[0-9a-f]{16}/[^"]+)"')
@@ -45,6 +47,32 @@ async def test_assets_are_cached_forever_under_their_digest(client):
     raw = await response.read()
     assert len(raw) < len(docs_page().assets[f"/api/v1/{bundle}"].body) / 3
     assert gzip.decompress(raw) == docs_page().assets[f"/api/v1/{bundle}"].body
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip, deflate, br", True),
+        ("GZIP", True),  # content codings are case-insensitive
+        ("br;q=1.0, gzip;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0, identity", False),  # "never gzip"
+        ("gzip; q=0.000", False),
+        ("*;q=0", False),
+        ("x-gzip-ish, br", False),
+        ("", False),
+    ],
+)
+async def test_assets_are_gzipped_only_when_the_client_takes_gzip(client, accept_encoding, gzipped):
+    page = await (await client.get("/api/v1/docs")).text()
+    bundle = next(path for path in ASSET.findall(page) if path.endswith("swagger-ui-bundle.js"))
+    response = await client.get(
+        f"/api/v1/{bundle}", headers={"Accept-Encoding": accept_encoding}, auto_decompress=False
+    )
+    assert response.status == 200
+    assert (response.headers.get("Content-Encoding") == "gzip") is gzipped
+    body = docs_page().assets[f"/api/v1/{bundle}"].body
+    assert (gzip.decompress(await response.read()) if gzipped else await response.read()) == body
 
 
 async def test_nothing_else_becomes_public(client):

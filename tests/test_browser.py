@@ -310,6 +310,12 @@ async def test_the_api_page_renders_from_its_own_origin_and_tries_every_route(
     status, _, _ = try_it_out(driver, "deleteAttachment", id=str(attachment_id))
     assert status == 204
 
+    # The preflights are documented, but not offered to try: a page cannot send one.
+    preflight = driver.find_element(By.ID, "operations-attachments-preflightDownload")
+    preflight.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait.until(lambda _: preflight.find_elements(By.CSS_SELECTOR, ".opblock-body"))
+    assert preflight.find_elements(By.CSS_SELECTOR, ".try-out__btn") == []
+
     # Nothing the page did left the gateway's origin (no CDN, no validator.swagger.io),
     # and the CSP refused nothing it needed.
     urls = requested_urls(driver)

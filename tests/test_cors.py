@@ -106,6 +106,20 @@ async def test_preflights_spend_no_rate_limit_budget(cors_client, make_tenant, m
     assert listed(response.headers["Access-Control-Expose-Headers"]) == EXPOSED
 
 
+async def test_an_origin_configured_with_its_default_port_matches_what_browsers_send(
+    serve_app, settings
+):
+    """A page at https://app.example.com sends `Origin: https://app.example.com`: allowed
+    as `https://app.example.com:443`, it started, and every request was refused."""
+    app = create_app(replace(settings, cors_allowed_origins="https://App.example.com:443"))
+    client = await serve_app(app)
+    url = f"/api/v1/attachments/{uuid.uuid4()}/download"
+    origin = "https://app.example.com"
+    response = await client.options(url, headers=preflight_headers(origin=origin))
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
 async def test_a_refused_origin_gets_no_cors_headers(cors_client, make_tenant, make_attachment):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
@@ -220,6 +234,13 @@ async def test_health_routes_are_not_offered_cross_origin(cors_client):
             frozenset({"https://app.example.com", "http://127.0.0.1:3000"}),
         ),
         ("http://[::1]:8000", frozenset({"http://[::1]:8000"})),
+        # As browsers send them in Origin (compared as strings, these never matched):
+        # no default port, no leading zeros, IPv6 in its shortest form.
+        (
+            "https://app.example.com:443, http://localhost:80, http://127.0.0.1:03000",
+            frozenset({"https://app.example.com", "http://localhost", "http://127.0.0.1:3000"}),
+        ),
+        ("http://[0:0::1]:8000", frozenset({"http://[::1]:8000"})),
     ],
 )
 def test_allowed_origins_are_read_from_the_environment(value, origins):
@@ -230,7 +251,16 @@ def test_allowed_origins_are_read_from_the_environment(value, origins):
 
 @pytest.mark.parametrize(
     "value",
-    ["*, https://a.example", "https://a.example/", "a.example", "ftp://a.example", "https://a b"],
+    [
+        "*, https://a.example",
+        "https://a.example/",
+        "a.example",
+        "ftp://a.example",
+        "https://a b",
+        "https://a.example:0",
+        "https://a.example:70000",
+        "http://[1::2::3]",
+    ],
 )
 def test_a_malformed_origin_is_refused_at_start(value):
     with pytest.raises(SettingsError, match="CORS_ALLOWED_ORIGINS"):

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ ANY_ORIGIN = "*"
 # `logging`'s own names, in any case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # An origin as browsers serialize it: scheme, host and an optional port, nothing more.
-_ORIGIN = re.compile(r"https?://[a-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
+_ORIGIN = re.compile(
+    r"(?P<scheme>https?)://(?:(?P<name>[a-z0-9.\-]+)|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?"
+)
 
 
 class SettingsError(ValueError):
@@ -297,15 +299,35 @@ def _networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip())
 
 
+# Ports a browser leaves out of an origin it sends.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 @lru_cache(maxsize=8)
 def _origins(spec: str) -> frozenset[str]:
-    origins = frozenset(part.strip().lower() for part in spec.split(",") if part.strip())
-    if ANY_ORIGIN in origins and len(origins) > 1:
+    given = {part.strip().lower() for part in spec.split(",") if part.strip()}
+    if ANY_ORIGIN in given and len(given) > 1:
         raise ValueError('"*" stands alone')
-    for origin in origins - {ANY_ORIGIN}:
-        if not _ORIGIN.fullmatch(origin):
-            raise ValueError(f"{origin!r} is not an origin like https://app.example.com[:port]")
-    return origins
+    return frozenset(origin if origin == ANY_ORIGIN else _as_sent(origin) for origin in given)
+
+
+def _as_sent(origin: str) -> str:
+    """The origin as a browser serializes it in `Origin`, which is compared as a string:
+    `https://a.example:443` or `http://[0::1]` as written would never match."""
+    match = _ORIGIN.fullmatch(origin)
+    if match is None:
+        raise ValueError(f"{origin!r} is not an origin like https://app.example.com[:port]")
+    scheme, host, port = match["scheme"], match["name"], match["port"]
+    if host is None:
+        try:
+            host = f"[{IPv6Address(match['ipv6']).compressed}]"
+        except ValueError:
+            raise ValueError(f"{origin!r}: not an IPv6 address") from None
+    if port is None or int(port) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{origin!r}: the port is out of range")
+    return f"{scheme}://{host}:{int(port)}"
 
 
 @lru_cache(maxsize=8)

@@ -105,6 +105,25 @@ def docs_page() -> DocsPage:
     return DocsPage(html.encode(), assets)
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether `Accept-Encoding` admits gzip (RFC 9110 §12.5.3): named, or `*`, with a
+    weight above 0, in any case; `gzip;q=0` refuses it."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if coding:
+            weights[coding.lower()] = weight
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
+
+
 def docs_handlers() -> dict[str, Handler]:
     """The page and each of its assets, by exact path (all public)."""
     page = docs_page()
@@ -123,9 +142,8 @@ def docs_handlers() -> dict[str, Handler]:
     async def asset(request: web.Request) -> web.Response:
         found = page.assets[request.path]
         headers = {"Cache-Control": ASSET_CACHING, "Vary": "Accept-Encoding"}
-        if (
-            "gzip" in request.headers.get("Accept-Encoding", "")
-            and found.content_type != "image/png"
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")) and (
+            found.content_type != "image/png"
         ):
             # Compressed once, off the event loop (the bundle is 1.5 MB).
             body = await asyncio.to_thread(found.gzipped)

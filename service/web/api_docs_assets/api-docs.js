@@ -25,6 +25,10 @@ window.addEventListener("load", () => {
     // The key lives only in this tab's memory, never in localStorage.
     persistAuthorization: false,
     requestInterceptor: askForTheLink,
+    // No "Try it out" on the CORS preflights: a page may not set Origin or
+    // Access-Control-Request-Method (forbidden request headers), so the browser would
+    // send a bare OPTIONS, which is no preflight, and show its 401.
+    supportedSubmitMethods: ["get", "put", "post", "delete", "head", "patch"],
     presets: [SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
   });
