@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +18,10 @@ import pytest
 from yarl import URL
 
 from service.devstack.demo import DEMO_BODY
-from service.devstack.ports import free_port
+from service.devstack.haproxy import haproxy_available
+from service.devstack.pgbouncer import pgbouncer_available
+from service.devstack.ports import free_port, port_is_free
+from service.devstack.redis_server import redis_available
 from tests.support.environment import process_env
 
 pytestmark = pytest.mark.slow  # the whole dev stack from an empty folder, twice
@@ -23,11 +29,12 @@ pytestmark = pytest.mark.slow  # the whole dev stack from an empty folder, twice
 CURL = re.compile(r'curl -L -H "Authorization: Bearer (ixk_\w+)" (http://\S+)')
 
 
-def start_dev(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_dev(workdir: Path, port: int, *command: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`attachments-gateway dev` (or `command`, e.g. `cluster`) in `workdir`."""
     log = workdir / f"dev-{time.monotonic_ns()}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "dev", "--port", str(port)],
+            [sys.executable, "-m", "service", *(command or ("dev",)), "--port", str(port)],
             cwd=workdir,
             env=process_env(HOME=str(workdir)),  # nothing configured, as in the README
             stdout=output,
@@ -118,3 +125,106 @@ async def test_dev_stack_serves_the_demo_file_reuses_it_and_leaves_nothing_behin
     finally:
         assert stop(process) == 0
     assert processes_using(tmp_path / ".dev") == []
+
+
+async def wait_for_output(process: subprocess.Popen[bytes], log: Path, text: str) -> None:
+    deadline = time.monotonic() + 90
+    while text not in log.read_text(errors="replace"):
+        assert process.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        await asyncio.sleep(0.1)
+
+
+def ended(process: subprocess.Popen[bytes], log: Path) -> tuple[int, str]:
+    code = process.wait(60)
+    return code, log.read_text(errors="replace")
+
+
+async def test_a_stack_killed_while_starting_or_outright_leaves_nothing_in_the_way(tmp_path):
+    """SIGTERM (a `kill`) and SIGHUP (a closed terminal) used to end Python at once: SeaweedFS
+    and Postgres, in sessions of their own, ran on and held .dev's files, and every later
+    start failed. One killed outright (SIGKILL) can clean up nothing: the next start stops
+    what it left. And one stack at a time on a folder, on a free port."""
+    port = free_port()
+    dev = tmp_path / ".dev"
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        process, log = start_dev(tmp_path, port)
+        await wait_for_output(process, log, "starting embedded S3")
+        await asyncio.sleep(0.5)  # Postgres up, SeaweedFS starting
+        process.send_signal(sig)
+        code, output = ended(process, log)
+        assert code == 130, output
+        assert "Traceback" not in output
+        assert processes_using(dev) == []
+
+    first, log = start_dev(tmp_path, port)
+    try:
+        token, url = (await wait_for_curl(first, log)).groups()
+        # A second stack on the same folder, and one on a taken port, stop at once.
+        second, second_log = start_dev(tmp_path, free_port())
+        code, output = ended(second, second_log)
+        assert code == 2 and "is in use by another `dev` or `cluster`" in output, output
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        third, third_log = start_dev(elsewhere, port)
+        code, output = ended(third, third_log)
+        assert code == 2 and f"port {port} is in use" in output, output
+        assert not (elsewhere / ".dev" / "postgres").exists()  # refused before starting
+    finally:
+        first.kill()  # outright: no cleanup runs
+        first.wait()
+    assert processes_using(dev) != []  # what it left: SeaweedFS and Postgres
+
+    process, log = start_dev(tmp_path, port)
+    try:
+        assert (await wait_for_curl(process, log)).groups() == (token, url)
+        assert await download(url, token) == (200, DEMO_BODY)
+    finally:
+        assert stop(process) == 0
+    assert processes_using(dev) == []
+
+
+BALANCED = re.compile(r"round robin over 2 gateways: (\d+), (\d+)")
+
+
+def pid_serving(port: int) -> int:
+    """The gateway process started with `serve --port PORT`."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if f"serve --port {port}" in cmdline.read_bytes().replace(b"\0", b" ").decode():
+                return int(cmdline.parent.name)
+    raise AssertionError(f"no gateway serves port {port}")
+
+
+@pytest.mark.skipif(
+    not (haproxy_available() and pgbouncer_available() and redis_available()),
+    reason="needs Debian's haproxy, pgbouncer and redis-server",
+)
+async def test_the_cluster_serves_once_every_gateway_is_ready_and_ends_when_one_dies(tmp_path):
+    """`make cluster` printed its banner after a fixed second, whether its gateways came up
+    or not, and never noticed one that died; on a taken port HAProxy exited and the port's
+    other listener answered in its place."""
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        refused, log = start_dev(tmp_path, port, "cluster", "--replicas", "2")
+        code, output = ended(refused, log)
+    assert code == 2 and f"port {port} is in use" in output, output
+
+    process, log = start_dev(tmp_path, port, "cluster", "--replicas", "2")
+    try:
+        token, url = (await wait_for_curl(process, log)).groups()
+        # The banner comes once every gateway is ready: the first request is served.
+        assert await download(url, token) == (200, DEMO_BODY)
+        gateway_ports = [int(p) for p in BALANCED.search(log.read_text()).groups()]
+        os.kill(pid_serving(gateway_ports[0]), signal.SIGKILL)
+        code, output = ended(process, log)
+    finally:
+        if process.poll() is None:
+            stop(process)
+    assert code == 2, output
+    assert f"the gateway on port {gateway_ports[0]} exited with -9" in output
+    assert "Traceback" not in output
+    assert processes_using(tmp_path / ".dev") == []
+    assert port_is_free(gateway_ports[1])

@@ -116,21 +116,26 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cluster(settings: Settings, args: argparse.Namespace) -> int:
-    from ..devstack.cluster import MissingTool, run_cluster
+    from ..devstack.cluster import run_cluster
+    from ..devstack.processes import CannotStart
 
     if args.replicas < 1:
         raise UsageError("--replicas must be at least 1")
     try:
         run_cluster(args.port, args.replicas)
-    except MissingTool as exc:
+    except CannotStart as exc:
         raise UsageError(str(exc)) from None
     return 0
 
 
 def dev(settings: Settings, args: argparse.Namespace) -> int:
+    from ..devstack.processes import CannotStart
     from ..devstack.stack import run_dev_stack
 
-    run_dev_stack(args.port)
+    try:
+        run_dev_stack(args.port, settings)
+    except CannotStart as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,13 +24,14 @@ from .demo import ensure_demo
 from .haproxy import HAPROXY, haproxy_available, run_haproxy
 from .pgbouncer import PGBOUNCER, pgbouncer_available, run_pgbouncer
 from .ports import free_port
+from .processes import CannotStart, ended_by_signals, holding
 from .redis_server import REDIS_SERVER, redis_available, run_redis
-from .stack import DEV_DIR, embedded_postgres, embedded_s3
+from .stack import DEV_DIR, embedded_postgres, embedded_s3, refuse_taken_port
 
 CLUSTER_DIR = DEV_DIR / "cluster"
 
 
-class MissingTool(RuntimeError):
+class MissingTool(CannotStart):
     """A program the cluster needs is not installed: the message says which."""
 
 
@@ -49,9 +50,16 @@ def run_cluster(port: int, replicas: int, dev_dir: Path = DEV_DIR) -> None:
             f"not installed: {', '.join(missing)} (apt-get install pgbouncer redis-server haproxy)"
         )
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # Absolute: the servers' command lines then say whose folder they serve.
+    dev_dir = dev_dir.resolve()
+    # The embedded S3 knows its own key pair only: a session token would spoil it.
+    os.environ.pop("AWS_SESSION_TOKEN", None)
     work = dev_dir / "cluster"
-    work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(holding(dev_dir))
+        stack.enter_context(ended_by_signals())
+        refuse_taken_port(port)
+        work.mkdir(parents=True, exist_ok=True)
         print("starting embedded Postgres, S3, PgBouncer and Redis ...", flush=True)
         database_url = stack.enter_context(embedded_postgres(dev_dir / "postgres"))
         bucket = Settings.from_env({}).s3_default_bucket
@@ -79,7 +87,7 @@ def run_cluster(port: int, replicas: int, dev_dir: Path = DEV_DIR) -> None:
         ports: list[int] = []
         for _ in range(replicas):
             ports.append(free_port(taken | frozenset(ports)))
-        stack.enter_context(gateways(ports, environment, work))
+        running = stack.enter_context(gateways(ports, environment, work))
         base_url = stack.enter_context(run_haproxy(ports, work / "haproxy", port=port))
         print(
             "\nattachments-gateway cluster\n"
@@ -93,37 +101,79 @@ def run_cluster(port: int, replicas: int, dev_dir: Path = DEV_DIR) -> None:
             "Ctrl-C stops everything.\n",
             flush=True,
         )
-        signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
-                time.sleep(3600)
+                running.check()
+                time.sleep(1.0)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+# How long the gateways have to answer /readyz once started.
+READY_SECONDS = 60.0
+# Straight to loopback, whatever proxy the environment names.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Gateways:
+    """The gateway processes, by port, with their logs."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def log(self, number: int) -> Path:
+        return self.work / f"gateway{number}.log"
+
+    def check(self) -> None:
+        """Every gateway still runs: one that ended ends the cluster, saying where to look."""
+        for number, (port, process) in enumerate(self.processes.items()):
+            if process.poll() is not None:
+                raise CannotStart(
+                    f"the gateway on port {port} exited with {process.returncode}:"
+                    f" see {self.log(number)}"
+                )
+
+    def wait_ready(self, timeout: float = READY_SECONDS) -> None:
+        """Until each answers /readyz with 200 (the banner promises a working cluster)."""
+        deadline = time.monotonic() + timeout
+        for port in self.processes:
+            while not is_ready(port):
+                self.check()
+                if time.monotonic() > deadline:
+                    raise CannotStart(
+                        f"the gateway on port {port} was not ready in {timeout:.0f} s"
+                    )
+                time.sleep(0.2)
+
+
+def is_ready(port: int) -> bool:
+    try:
+        with DIRECT.open(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            return int(answer.status) == 200
+    except OSError:  # refused, not yet listening, or 503 (HTTPError is an OSError)
+        return False
 
 
 @contextlib.contextmanager
-def gateways(ports: list[int], environment: dict[str, str], work: Path) -> Iterator[None]:
-    """One `attachments-gateway serve` process a port, logging to work/gatewayN.log."""
-    processes = []
+def gateways(ports: list[int], environment: dict[str, str], work: Path) -> Iterator[Gateways]:
+    """One `attachments-gateway serve` process a port, logging to work/gatewayN.log;
+    yielded once every one is ready."""
+    running = Gateways(work)
+    processes = running.processes
     try:
         for number, port in enumerate(ports):
-            with (work / f"gateway{number}.log").open("wb") as log:
-                processes.append(
-                    subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                        [sys.executable, "-m", "service", "serve", "--port", str(port)],
-                        env=environment,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
+            with running.log(number).open("wb") as log:
+                processes[port] = subprocess.Popen(  # noqa: S603 - our own interpreter
+                    [sys.executable, "-m", "service", "serve", "--port", str(port)],
+                    env=environment,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
-        time.sleep(1.0)  # HAProxy's health checks take them in as they come up
-        yield
+        running.wait_ready()
+        yield running
     finally:
-        for process in processes:
+        for process in processes.values():
             process.terminate()
-        for process in processes:
+        for process in processes.values():
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:

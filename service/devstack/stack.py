@@ -2,8 +2,9 @@
 
 An embedded Postgres (pgserver) and an embedded S3 (SeaweedFS, which checks signatures
 like S3; moto's server where no `weed` binary exists), both keeping their data under
-`./.dev/`, then migrations, the demo tenant, and the gateway on 127.0.0.1. Ctrl-C stops
-the gateway first, then everything this command started.
+`./.dev/`, then migrations, the demo tenant, and the gateway on 127.0.0.1. Ctrl-C (or
+SIGTERM, or SIGHUP) stops the gateway first, then everything this command started; what
+a stack killed outright left running is stopped by the next one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..core.settings import Settings
@@ -19,6 +21,7 @@ from ..data.migrations import apply_migrations
 from ..server.processes import serve
 from .demo import ensure_demo
 from .ports import free_port, port_is_free
+from .processes import CannotStart, ended_by_signals, holding
 from .seaweed import S3Server, run_seaweedfs, weed_binary
 
 DEV_DIR = Path(".dev")
@@ -28,11 +31,17 @@ DEV_SECRET_KEY = "dev-gateway-secret-key"  # noqa: S105 - the embedded S3's loca
 PREFERRED_S3_PORT = 8333
 
 
-def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
+def run_dev_stack(port: int, configured: Settings | None = None, dev_dir: Path = DEV_DIR) -> None:
+    """`configured`: the environment's settings, all kept but where the stack's own
+    database and S3 are (DATABASE_*, S3_*), its port and its CORS."""
     # The embedded stack never needs the cloud metadata service: never let botocore try it.
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    dev_dir.mkdir(exist_ok=True)
+    # Absolute: the servers' command lines then say whose folder they serve.
+    dev_dir = dev_dir.resolve()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(holding(dev_dir))
+        stack.enter_context(ended_by_signals())
+        refuse_taken_port(port)
         print("starting embedded Postgres ...", flush=True)
         database_url = stack.enter_context(embedded_postgres(dev_dir / "postgres"))
         print("starting embedded S3 ...", flush=True)
@@ -41,8 +50,8 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
         os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
         os.environ.pop("AWS_SESSION_TOKEN", None)
-        settings = Settings.from_env(
-            {},
+        settings = replace(
+            without_stack_settings(configured or Settings()),
             database_url=database_url,
             s3_endpoint_url=s3.endpoint_url,
             s3_region=s3.region,
@@ -69,15 +78,45 @@ def run_dev_stack(port: int, dev_dir: Path = DEV_DIR) -> None:
         serve(settings, "127.0.0.1", port, on_listening=lambda: print(banner, flush=True))
 
 
+# Settings the stack sets itself: its database and S3.
+STACK_SETTINGS = ("database_", "s3_")
+
+
+def without_stack_settings(configured: Settings) -> Settings:
+    defaults = Settings()
+    return replace(
+        configured,
+        **{
+            field.name: getattr(defaults, field.name)
+            for field in fields(Settings)
+            if field.name.startswith(STACK_SETTINGS)
+        },
+    )
+
+
+def refuse_taken_port(port: int) -> None:
+    """Before anything starts: otherwise the stack would come up whole, then fail to
+    listen, with a traceback."""
+    if not port_is_free(port):
+        raise CannotStart(f"port {port} is in use: choose another with --port")
+
+
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
+    """Postgres on `data_dir`, stopped on the way out. pgserver would stop it only when
+    no other process it remembers is alive, and it remembers a stack killed outright for
+    good; the caller holds the folder (`holding`), so no one else is using it."""
     import pgserver
 
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    server = pgserver.get_server(data_dir, cleanup_mode=None)  # type: ignore[attr-defined]
     try:
         yield str(server.get_uri())
     finally:
-        server.cleanup()
+        server.cleanup()  # forgets this process
+        if (data_dir / "postmaster.pid").exists():
+            pgserver.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+            )
 
 
 @contextlib.contextmanager
