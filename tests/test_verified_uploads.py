@@ -17,11 +17,12 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from service.core.uploads import MAX_OBJECT_BYTES, MIB, part_size_for, plan_parts
+from service.storage.client import PARTS_PER_TURN
 from service.web.app import create_app
+from service.web.storage import STORAGE
 from tests.support.http import assert_problem, fetch
 from tests.support.storage import BUCKET
-
-MIB = 1024 * 1024
 
 
 async def call(client, method, path, headers, **kwargs):
@@ -251,3 +252,31 @@ async def test_purge_aborts_multipart_uploads_never_confirmed(
     assert await asyncio.to_thread(uploads_of_key) == []
     response, _ = await complete(client, tenant, created["id"])
     assert response.status == 404
+
+
+async def test_signing_ten_thousand_part_urls_lets_other_requests_run(client):
+    """The largest upload signs 10,000 part URLs, and the fast signer never waits: in one
+    go it held the loop, and every other request of the process, for over a second."""
+    parts = plan_parts(MAX_OBJECT_BYTES, part_size_for(MAX_OBJECT_BYTES, 5 * MIB))
+    assert len(parts) > 9_900
+    turns = 0
+    signing = True
+
+    async def other_requests():
+        nonlocal turns
+        while signing:
+            turns += 1
+            await asyncio.sleep(0)
+
+    others = asyncio.create_task(other_requests())
+    await asyncio.sleep(0)
+    started = turns
+    try:
+        urls = await client.app[STORAGE].presign_parts(BUCKET, "big/object", "upload-id", parts)
+    finally:
+        signing = False
+        await others
+    assert len(urls) == len(parts)
+    assert [URL(url.url, encoded=True).query["partNumber"] for url in urls[:2]] == ["1", "2"]
+    # The loop turned at least once every PARTS_PER_TURN parts.
+    assert turns - started >= len(parts) // PARTS_PER_TURN - 1
