@@ -23,6 +23,7 @@ from service.devstack.ports import free_port
 from service.web.api_docs import docs_page
 from service.web.app import create_app
 from service.web.caches import CACHES
+from service.web.database import DATABASE
 from service.web.metrics import KNOWN_METHODS, LATENCY_BUCKETS, METRICS, RequestCounts
 from service.web.storage import STORAGE
 from tests.support.openapi import DOCUMENT, HTTP_METHODS
@@ -86,6 +87,22 @@ async def test_readyz_on_a_database_no_migration_ran_on(serve_app, settings, fre
     shipped = sorted(path.name for path in DEFAULT_MIGRATIONS_DIR.glob("*.sql"))
     checks = await not_ready_checks(client)
     assert checks["schema"] == f"migrations not applied: {', '.join(shipped)}"
+
+
+async def test_readyz_with_every_pool_connection_busy_stays_ready(serve_app, settings):
+    """A pool whose every connection is busy is overload every instance shares: taken
+    out of rotation (it said "unreachable"), an instance's load moves to the others, and
+    its warm downloads, which need no query, stop too."""
+    busy = replace(settings, db_pool_min_size=1, db_pool_max_size=1, db_acquire_timeout=0.2)
+    client = await serve_app(create_app(busy))
+    pool = client.app[DATABASE].pool
+    async with pool.acquire():  # the only connection, busy
+        response = await client.get("/readyz")
+        assert response.status == 200
+        assert (await response.json())["checks"]["database"] == "busy: every pool connection in use"
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert (await response.json())["checks"]["database"] == "ok"
 
 
 async def test_readyz_names_what_is_missing(serve_app, monkeypatch):

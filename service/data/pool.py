@@ -42,6 +42,14 @@ class Database:
     pool: asyncpg.Pool
     acquire_timeout: float
 
+    @property
+    def saturated(self) -> bool:
+        """Every connection the pool may hold is open and in use: a wait for one that timed
+        out was overload, not a database out of reach."""
+        pool = self.pool
+        idle: int = pool.get_idle_size()
+        return idle == 0 and bool(pool.get_size() >= pool.get_max_size())
+
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         rows = await self.fetch(query, *args)
         return rows[0] if rows else None

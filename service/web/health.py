@@ -45,6 +45,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+BUSY = "busy: every pool connection in use"
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and holds this build's migrations, and storage is
     configured (reachable or not); else 503 with the reasons."""
@@ -54,7 +57,10 @@ async def readyz(request: web.Request) -> web.Response:
         await database.fetchrow("SELECT 1")
         missing = await request.app[SCHEMA_CHECK].missing(database)
     except DatabaseUnavailable:
-        checks["database"] = "unreachable"
+        # Every connection busy answering downloads is the overload every instance shares,
+        # like storage's outage below: out of rotation, its load would only move to the
+        # others, and its warm downloads (no query) would stop too.
+        checks["database"] = BUSY if database.saturated else "unreachable"
         checks["schema"] = "unknown"
     else:
         if missing:
@@ -71,10 +77,8 @@ async def readyz(request: web.Request) -> web.Response:
     # Unreachable storage alone is still ready: every instance shares that outage and
     # answers downloads 503 itself, and taking them all out of the load balancer would
     # only swap that answer for a connection error. Without its database it is not.
-    if checks["database"] == checks["schema"] == "ok" and checks["storage"] in (
-        "ok",
-        "unreachable",
-    ):
+    database_ok = checks["database"] == BUSY or checks["database"] == checks["schema"] == "ok"
+    if database_ok and checks["storage"] in ("ok", "unreachable"):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(
         {"status": "not_ready", "checks": checks},
