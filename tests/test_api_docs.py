@@ -59,6 +59,8 @@ async def test_assets_are_cached_forever_under_their_digest(client):
         ("gzip;q=0, identity", False),  # "never gzip"
         ("gzip; q=0.000", False),
         ("*;q=0", False),
+        ("x-gzip", True),  # the same coding (RFC 9110 §8.4.1.3)
+        ("*;q=0, x-gzip;q=0.1", True),
         ("x-gzip-ish, br", False),
         ("", False),
     ],

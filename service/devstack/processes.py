@@ -9,9 +9,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 
 class CannotStart(RuntimeError):
@@ -44,16 +47,32 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         process.wait()
 
 
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    ignore_further_signals()
     raise KeyboardInterrupt
+
+
+def _stopping_already(signum: int, frame: object) -> None:
+    print("stopping already (SIGKILL ends it at once)", file=sys.stderr, flush=True)
+
+
+def ignore_further_signals() -> None:
+    """The stack is stopping: another signal would cut a cleanup short, and leave a server
+    running that the cleanup was stopping."""
+    for sig in ENDING_SIGNALS:
+        signal.signal(sig, _stopping_already)
 
 
 @contextlib.contextmanager
 def ended_by_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP (a `kill`, a closed terminal) end the stack as Ctrl-C does,
-    through every cleanup. By default they end Python at once, and the servers that run
-    in sessions of their own (SeaweedFS, Postgres) would outlive it."""
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    through every cleanup, which no later signal interrupts. By default they end Python
+    at once, and the servers that run in sessions of their own (SeaweedFS, Postgres)
+    would outlive it."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in ENDING_SIGNALS}
     try:
         yield
     finally:
@@ -67,8 +86,12 @@ def holding(folder: Path) -> Iterator[None]:
     SeaweedFS on the same files, which fails on their lock halfway through. The kernel
     drops the lock with its holder, however that ends, so whoever holds it may take what
     is still running on the folder for a leftover."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("a+") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = (folder / "lock").open("a+")
+    except OSError as exc:
+        raise CannotStart(f"{folder} cannot be used: {exc.strerror}") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -87,17 +110,14 @@ def stop_leftover(pid_file: Path, marker: str, grace: float = 5.0) -> None:
     """Stop the process group `pid_file` names if it still runs with `marker` (its data
     folder) on its command line: one an earlier stack left when it was killed outright."""
     try:
-        pid = int(pid_file.read_text())
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, ValueError):
-        return
-    if marker not in command_line:
-        return  # gone, and its pid taken by something else
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline + grace:
-            time.sleep(0.1)
+        leftover = psutil.Process(int(pid_file.read_text()))
+        if marker not in leftover.cmdline():
+            return  # its pid now someone else's
+        os.killpg(leftover.pid, signal.SIGTERM)
+        try:
+            leftover.wait(grace)
+        except psutil.TimeoutExpired:
+            os.killpg(leftover.pid, signal.SIGKILL)
+            leftover.wait(grace)
+    except (OSError, ValueError, psutil.Error):
+        return  # no pid file, or the process is gone

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..data.migrations import apply_migrations
 from ..server.processes import serve
 from .demo import ensure_demo
 from .ports import free_port, port_is_free
-from .processes import CannotStart, ended_by_signals, holding
+from .processes import CannotStart, ended_by_signals, holding, ignore_further_signals
 from .seaweed import S3Server, run_seaweedfs, weed_binary
 
 DEV_DIR = Path(".dev")
@@ -76,6 +77,8 @@ def run_dev_stack(port: int, configured: Settings | None = None, dev_dir: Path =
             "Ctrl-C stops everything.\n"
         )
         serve(settings, "127.0.0.1", port, on_listening=lambda: print(banner, flush=True))
+        # The gateway's shutdown put its signals back: ours stop again what follows.
+        ignore_further_signals()
 
 
 # Settings the stack sets itself: its database and S3.
@@ -114,9 +117,14 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     finally:
         server.cleanup()  # forgets this process
         if (data_dir / "postmaster.pid").exists():
-            pgserver.pg_ctl(  # type: ignore[attr-defined]
-                ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
-            )
+            try:
+                pgserver.pg_ctl(  # type: ignore[attr-defined]
+                    ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+                )
+            except subprocess.CalledProcessError:
+                # Already gone, its pid file left behind (the next start clears it), or
+                # refusing: either way, say so rather than hide why the stack stopped.
+                print(f"Postgres did not stop cleanly: see {data_dir / 'log'}", flush=True)
 
 
 @contextlib.contextmanager

@@ -6,8 +6,11 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from types import FrameType
@@ -61,15 +64,23 @@ def serve(
     `on_listening` runs once the socket accepts connections."""
     configure_logging(settings.log_level)
     log.info("serving on http://%s:%d", host, port)
-    run_app(
-        create_app(settings),
-        host,
-        port,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        reuse_port=reuse_port,
-        on_listening=on_listening,
-    )
+    try:
+        run_app(
+            create_app(settings),
+            host,
+            port,
+            shutdown_timeout=settings.shutdown_grace_seconds,
+            reuse_port=reuse_port,
+            on_listening=on_listening,
+        )
+    except CannotListen as exc:
+        log.critical("cannot listen on %s:%d: %s", host, port, exc)
+        raise SystemExit(1) from None
     log.info("stopped")
+
+
+class CannotListen(OSError):
+    """The server's socket could not be bound (the port taken, the address not ours)."""
 
 
 def run_app(
@@ -120,7 +131,10 @@ async def _serve_until_signal(
     settle_heap()
     try:
         site = BatchAcceptSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(exc.errno, exc.strerror) from None
         if on_listening is not None:
             on_listening()
         await asyncio.Event().wait()
@@ -181,23 +195,70 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
     """N worker processes bound to one port; the kernel spreads connections among them.
 
     The parent only supervises: SIGTERM/SIGINT are passed on to every worker, and it
-    exits once they all have, with the worst exit code.
+    exits once they all have, with the worst of their exit statuses (128 + N for a signal
+    N). A worker that ends on its own (an OOM kill, a crash) is logged and replaced,
+    unless workers keep ending: more than RESTARTS_ALLOWED within RESTART_WINDOW_SECONDS
+    stop them all, and the parent exits non-zero.
     """
+    configure_logging(settings.log_level)
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=serve, args=(settings, host, port), kwargs={"reuse_port": True})
-        for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
+    running: list[multiprocessing.process.BaseProcess] = []
+    stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        for process in processes:
+        nonlocal stopping
+        stopping = True
+        for process in running:
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signum)
 
+    def start_worker() -> None:
+        process = context.Process(
+            target=serve, args=(settings, host, port), kwargs={"reuse_port": True}
+        )
+        process.start()
+        running.append(process)
+
+    # Before any worker starts: a signal meanwhile would end the parent alone.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
-    return max((process.exitcode or 0) for process in processes)
+    for _ in range(workers):
+        start_worker()
+    recent_exits: deque[float] = deque()
+    worst = 0
+    while running:
+        multiprocessing.connection.wait([process.sentinel for process in running])
+        for process in [p for p in running if p.exitcode is not None]:
+            running.remove(process)
+            status = exit_status(process.exitcode)
+            if stopping:
+                # Ended by the signal itself: a worker still starting, which had installed no
+                # handler yet, and so had nothing in flight either.
+                if process.exitcode not in (-signal.SIGTERM, -signal.SIGINT):
+                    worst = max(worst, status)
+                continue
+            log.error("worker %d ended with exit status %d", process.pid, status)
+            now = time.monotonic()
+            recent_exits.append(now)
+            while recent_exits[0] < now - RESTART_WINDOW_SECONDS:
+                recent_exits.popleft()
+            if len(recent_exits) > RESTARTS_ALLOWED:
+                log.critical("workers keep ending: stopping the others")
+                worst = max(worst, status, 1)
+                forward(signal.SIGTERM, None)
+                continue
+            start_worker()
+    return worst
+
+
+# Workers replaced within the window before the parent gives up (a port taken, a setting
+# every worker trips on: replacing them would only spin).
+RESTARTS_ALLOWED = 5
+RESTART_WINDOW_SECONDS = 60.0
+
+
+def exit_status(exitcode: int | None) -> int:
+    """A process's exit status as a shell reports it: 128 + N when signal N ended it."""
+    if exitcode is None:
+        return 0
+    return 128 - exitcode if exitcode < 0 else exitcode

@@ -121,7 +121,9 @@ def accepts_gzip(accept_encoding: str) -> bool:
                     weight = 0.0
         if coding:
             weights[coding.lower()] = weight
-    return weights.get("gzip", weights.get("*", 0.0)) > 0
+    # RFC 9110 §8.4.1.3: x-gzip is gzip.
+    named = weights.get("gzip", weights.get("x-gzip"))
+    return (named if named is not None else weights.get("*", 0.0)) > 0
 
 
 def docs_handlers() -> dict[str, Handler]:

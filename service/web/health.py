@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from aiohttp import web
@@ -15,6 +16,8 @@ from .config import Handler
 from .database import DATABASE
 from .problems import retry_after
 from .storage import STORAGE
+
+log = logging.getLogger(__name__)
 
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "openapi.json"
 
@@ -29,6 +32,8 @@ class SchemaCheck:
 
     def __init__(self, directory: Path) -> None:
         self.pending = shipped_migrations(directory)
+        if not self.pending:
+            log.warning("no migrations found in %s: /readyz does not check the schema", directory)
 
     async def missing(self, database: Database) -> list[str]:
         if self.pending:
@@ -77,7 +82,9 @@ async def readyz(request: web.Request) -> web.Response:
     # Unreachable storage alone is still ready: every instance shares that outage and
     # answers downloads 503 itself, and taking them all out of the load balancer would
     # only swap that answer for a connection error. Without its database it is not.
-    database_ok = checks["database"] == BUSY or checks["database"] == checks["schema"] == "ok"
+    # Busy is ready only where the schema was already seen whole: it cannot be asked now.
+    busy_and_current = checks["database"] == BUSY and not request.app[SCHEMA_CHECK].pending
+    database_ok = busy_and_current or checks["database"] == checks["schema"] == "ok"
     if database_ok and checks["storage"] in ("ok", "unreachable"):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(
