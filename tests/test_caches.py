@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -225,6 +227,26 @@ async def test_without_the_listener_caches_are_bypassed_then_come_back(
     assert (await client.get(path, headers=tenant.auth(), allow_redirects=False)).status == 401
     await eventually(lambda: caches.live, timeout=5)  # reconnected by itself
     assert caches.flushes >= flushes + 2
+
+
+async def test_a_listener_refused_for_other_reasons_than_an_outage_keeps_trying(
+    serve_app, settings, conn
+):
+    """A login refused (a role or password being rotated; here, a role not yet created)
+    ended the listener for good: the caches stayed off until a restart."""
+    role = f"gw_listener_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(settings.database_url)
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    client = await serve_app(create_app(replace(settings, database_direct_url=as_role)))
+    caches = client.app[CACHES]
+    try:
+        await asyncio.sleep(0.5)  # a few refused logins
+        assert not caches.live
+        await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        await eventually(lambda: caches.live, timeout=10)  # within its longest backoff
+    finally:
+        await client.close()
+        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 async def _cached_after_a_request(client, caches, path, tenant):

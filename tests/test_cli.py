@@ -370,6 +370,15 @@ def test_bad_input_is_one_line_and_exit_2(cli, args):
 
 
 @pytest.mark.slow
+def test_serve_refuses_its_metrics_on_its_own_port(cli):
+    """With workers, both listeners took the port: /metrics answered public requests."""
+    result = cli(
+        "serve", "--port", "9109", "--workers", "2", expect=2, env={"METRICS_PORT": "9109"}
+    )
+    assert "METRICS_PORT must differ from PORT" in result.stderr
+
+
+@pytest.mark.slow
 def test_bad_media_type_and_expiry_are_refused(cli, tmp_path):
     workspace = as_json(cli("workspace", "create", "Strict", "--json"))["id"]
     cli("key", "create", "--workspace", workspace, "--expires-in", "0", expect=2)

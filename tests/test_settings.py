@@ -68,6 +68,7 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("PORT", "99999"),
         ("PORT", "0"),
         ("METRICS_PORT", "70000"),
+        ("METRICS_PORT", "8080"),  # PORT's default: both would answer on it
         ("RATE_LIMIT_BACKEND", "memcached"),
         # With the backend left local, each replica would grant the limits anew, silently.
         ("REDIS_URL", "redis://127.0.0.1:6379/0"),

@@ -211,6 +211,10 @@ class Settings:
             port = getattr(self, name)
             if port is not None and not 1 <= port <= 65535:
                 raise SettingsError(f"{name.upper()} must be a port, 1 to 65535")
+        if self.metrics_port == self.port:
+            # Both listeners would take it (SO_REUSEPORT with workers), and the kernel would
+            # hand public connections to /metrics and metrics scrapes to the API.
+            raise SettingsError("METRICS_PORT must differ from PORT (or serve's --port)")
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.db_statement_cache_size < 0:

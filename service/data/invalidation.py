@@ -26,7 +26,7 @@ import asyncpg
 from ..core.errors import DatabaseUnavailable
 from ..core.settings import Settings
 from .caches import HotPathCaches
-from .pool import UNAVAILABLE_ERRORS, Database
+from .pool import Database
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,15 @@ def apply_notification(caches: HotPathCaches, payload: str) -> None:
         caches.flush()
 
 
+def error_name(exc: Exception) -> str:
+    """What to log of a failure: a server's refusal by its SQLSTATE (class 28, a login
+    refused, is "InvalidAuthorization..." by name, which reads as a leaked header), other
+    errors by class; never their text, which may hold the DSN."""
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
+        return f"SQLSTATE {exc.sqlstate}"
+    return type(exc).__name__
+
+
 async def listen(
     settings: Settings, caches: HotPathCaches, probe_path: Database, status: ListenerStatus
 ) -> None:
@@ -79,8 +88,10 @@ async def listen(
                 timeout=settings.db_connect_timeout,
                 server_settings={"application_name": APPLICATION_NAME},
             )
-        except UNAVAILABLE_ERRORS as exc:
-            log.warning("invalidation listener cannot connect: %s", type(exc).__name__)
+        # Anything, not only an outage: a role or password being rotated, a standby after a
+        # failover. The listener must outlive it, or the caches stay off until a restart.
+        except Exception as exc:  # logged, and reconnected as after an outage
+            log.warning("invalidation listener cannot connect: %s", error_name(exc))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
             continue
@@ -134,8 +145,8 @@ async def _listen_on(
                 await asyncio.wait_for(lost.wait(), PING_INTERVAL)
             if not lost.is_set():
                 await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT)
-    except UNAVAILABLE_ERRORS as exc:
-        log.warning("invalidation listener lost: %s", type(exc).__name__)
+    except Exception as exc:  # logged, and reconnected as after an outage
+        log.warning("invalidation listener lost: %s", error_name(exc))
     finally:
         on_lost(conn)
         conn.terminate()
