@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import botocore.auth
 import pytest
+from aiobotocore.credentials import AioDeferredRefreshableCredentials
 from botocore.config import Config
 
 from service.core.disposition import content_disposition
 from service.core.settings import Settings
 from service.storage.client import signed_at
+from service.storage.lifetimes import MARGIN_SECONDS, UrlLifetime
 from service.web.app import create_app
 from tests.support.http import fetch
 from tests.support.storage import BUCKET
@@ -230,3 +233,27 @@ async def test_virtual_addressing_puts_the_bucket_in_the_host(
         },
     )
     assert location == expected
+
+
+async def test_deferred_credentials_are_loaded_before_a_lifetime_is_judged():
+    """A web identity (IRSA), an assumed role or SSO loads on first use: before that it has
+    no expiry, and read as static credentials the first URLs were signed for the whole
+    lifetime asked, past the end of the credentials that signed them."""
+    loads = 0
+
+    async def load():
+        nonlocal loads
+        loads += 1
+        return {
+            "access_key": "AKIDEXAMPLE",
+            "secret_key": "secret",
+            "token": "session",
+            "expiry_time": (datetime.now(UTC) + timedelta(seconds=600)).isoformat(),
+        }
+
+    credentials = AioDeferredRefreshableCredentials(
+        refresh_using=load, method="assume-role-with-web-identity"
+    )
+    seconds = await UrlLifetime(credentials).seconds(3600)
+    assert loads >= 1
+    assert 600 - MARGIN_SECONDS - 10 <= seconds <= 600 - MARGIN_SECONDS

@@ -53,11 +53,19 @@ class KeyUsage:
         try:
             await self._db.fetch(RECORD_LAST_USE, list(batch), list(batch.values()))
         except DatabaseUnavailable:
-            for key_id, minute in batch.items():  # keep the newest minute of each key
-                self._pending[key_id] = max(minute, self._pending.get(key_id, 0))
+            self._keep(batch)
             log.warning("could not record key usage; will retry")
             return False
+        except BaseException:
+            # Cancelled (the shutdown stops this flush to run the final one): that one
+            # writes the batch.
+            self._keep(batch)
+            raise
         return True
+
+    def _keep(self, batch: dict[uuid.UUID, int]) -> None:
+        for key_id, minute in batch.items():  # the newest minute of each key
+            self._pending[key_id] = max(minute, self._pending.get(key_id, 0))
 
     async def flush_forever(self) -> None:
         while True:

@@ -46,15 +46,18 @@ class UrlLifetime:
 
     async def seconds(self, asked: int) -> int:
         left = seconds_left(self._credentials)
+        if left is None and getattr(self._credentials, "_refresh_using", None) is not None:
+            # Refreshable, but never loaded: deferred ones (a web identity, as with IRSA;
+            # an assumed role; SSO) have no expiry before their first use, and read as
+            # static they would sign the first URLs for longer than they live.
+            await self._refresh()
+            left = seconds_left(self._credentials)
         if left is None or left >= asked + MARGIN_SECONDS:
             return asked
         now = time.monotonic()
         if now - self._refreshed_at >= REFRESH_INTERVAL_SECONDS:
             self._refreshed_at = now
-            try:
-                await self._credentials.get_frozen_credentials()  # refreshes if it can
-            except Exception as exc:  # botocore raises RuntimeError for "still expired"
-                raise CredentialsExpiring("credentials could not be refreshed") from exc
+            await self._refresh()
             left = seconds_left(self._credentials)
             assert left is not None
             if left >= asked + MARGIN_SECONDS:
@@ -63,3 +66,9 @@ class UrlLifetime:
         if lifetime < MIN_URL_SECONDS:
             raise CredentialsExpiring(f"credentials end in {int(left)} s")
         return lifetime
+
+    async def _refresh(self) -> None:
+        try:
+            await self._credentials.get_frozen_credentials()  # refreshes if it can
+        except Exception as exc:  # botocore raises RuntimeError for "still expired"
+            raise CredentialsExpiring("credentials could not be refreshed") from exc
