@@ -22,6 +22,7 @@ from service.storage.client import PARTS_PER_TURN
 from service.web.app import create_app
 from service.web.storage import STORAGE
 from tests.support.http import assert_problem, fetch
+from tests.support.proxy import RecordingHttpProxy
 from tests.support.storage import BUCKET
 
 
@@ -280,3 +281,60 @@ async def test_signing_ten_thousand_part_urls_lets_other_requests_run(client):
     assert [URL(url.url, encoded=True).query["partNumber"] for url in urls[:2]] == ["1", "2"]
     # The loop turned at least once every PARTS_PER_TURN parts.
     assert turns - started >= len(parts) // PARTS_PER_TURN - 1
+
+
+async def test_confirming_bytes_that_do_not_match_reads_them_once(
+    serve_app, settings, seaweed, make_tenant
+):
+    """Each `complete` of a multipart upload whose bytes did not match read the whole object
+    back again (up to 1 GiB a call): three at once and one more read it once."""
+    async with RecordingHttpProxy(seaweed.endpoint_url) as internal:
+        limits = replace(
+            settings,
+            upload_single_put_max_bytes=5 * MIB,
+            upload_part_bytes=5 * MIB,
+            s3_endpoint_url=internal.url,  # the gateway's own calls, counted
+            s3_public_endpoint_url=seaweed.endpoint_url,  # what the URLs are signed for
+        )
+        client = await serve_app(create_app(limits))
+        tenant = await make_tenant()
+        body = os.urandom(6 * MIB)
+        _, created = await create(
+            client, tenant, len(body), sha256=hashlib.sha256(body).hexdigest()
+        )
+        tampered = body[: 5 * MIB] + bytes(MIB)
+        for part in created["upload"]["parts"]:
+            offset = (part["number"] - 1) * 5 * MIB
+            assert (await put(part["url"], tampered[offset : offset + part["size"]], {}))[0] == 200
+        answers = await asyncio.gather(*(complete(client, tenant, created["id"]) for _ in range(3)))
+        answers.append(await complete(client, tenant, created["id"]))
+        for response, raw in answers:
+            assert_problem(response.status, raw, "upload_incomplete")  # (the checksum)
+    key = f"/{BUCKET}/{tenant.workspace_id}/{created['id']}"
+    reads = [
+        path
+        for method, path, _ in internal.requests
+        if method == "GET" and path.split("?")[0] == key and "uploadId" not in path
+    ]
+    assert len(reads) == 1, internal.requests
+
+
+async def test_a_head_without_content_length_is_503_not_500(
+    serve_app, settings, seaweed, make_tenant
+):
+    """A store (or a proxy before it) that answers HEAD without Content-Length: `complete`
+    cannot tell the size, which is the storage's failure, not ours."""
+    async with RecordingHttpProxy(seaweed.endpoint_url, head_without_length=True) as internal:
+        limits = replace(
+            settings, s3_endpoint_url=internal.url, s3_public_endpoint_url=seaweed.endpoint_url
+        )
+        client = await serve_app(create_app(limits))
+        tenant = await make_tenant()
+        body = b"sized\n"
+        _, created = await create(client, tenant, len(body))
+        upload = created["upload"]
+        headers = {k: v for k, v in upload["headers"].items() if k != "Content-Length"}
+        assert (await put(upload["url"], body, headers))[0] == 200
+        response, raw = await complete(client, tenant, created["id"])
+    assert_problem(response.status, raw, "service_unavailable")
+    assert int(response.headers["Retry-After"]) > 0

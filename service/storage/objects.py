@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ COMPLETE_TIMEOUT_SECONDS = 120.0
 NOT_THERE = ("404", "NoSuchKey", "NotFound")
 NO_SUCH_UPLOAD = "NoSuchUpload"
 READ_CHUNK_BYTES = 1024 * 1024
+# Objects whose read-back SHA-256 is remembered (by version), each 32 bytes and a key.
+READ_BACKS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class StoredObject:
     # x-amz-checksum-sha256 of the whole object, when the storage keeps one (a multipart
     # upload's is a checksum of its parts' checksums, "...-N": not the object's).
     sha256_base64: str | None
+    # Which version of the object this is: a new upload of the key has a new one.
+    etag: str | None = None
 
 
 def error_code(exc: ClientError) -> str:
@@ -71,20 +76,72 @@ async def stored_object(client: Any, bucket: str, key: str) -> StoredObject | No
         if str(exc) in NOT_THERE:
             return None
         raise
+    size = head.get("ContentLength")
+    if size is None:  # (an S3-compatible store, or a proxy before it, that left it out)
+        raise StorageUnavailable("HEAD of an upload: no Content-Length")
     checksum = head.get("ChecksumSHA256")
     whole = checksum if checksum and "-" not in checksum else None
-    return StoredObject(int(head["ContentLength"]), whole)
+    return StoredObject(int(size), whole, head.get("ETag"))
 
 
-async def object_sha256(client: Any, bucket: str, key: str, seconds: float) -> bytes:
-    """The SHA-256 of the object's bytes, read in chunks (hashed off the event loop)."""
+async def object_sha256(
+    client: Any, bucket: str, key: str, seconds: float
+) -> tuple[bytes, str | None]:
+    """The SHA-256 of the object's bytes, read in chunks (hashed off the event loop), and
+    the ETag of the version read."""
     digest = hashlib.sha256()
     async with storage_call("reading an upload back", seconds):
         answer = await client.get_object(Bucket=bucket, Key=key)
         async with answer["Body"] as body:
             while chunk := await body.read(READ_CHUNK_BYTES):
                 await asyncio.to_thread(digest.update, chunk)
-    return digest.digest()
+    return digest.digest(), answer.get("ETag")
+
+
+class ReadBacks:
+    """The SHA-256s of objects read back to confirm their uploads, by version.
+
+    An upload S3 kept no checksum for is confirmed by reading the whole object (up to
+    UPLOAD_VERIFY_MAX_BYTES). A client calling `complete` again, or several times at once,
+    on bytes that did not match had it read every time: one read now serves them all, and
+    its answer stands for as long as the object keeps its ETag (a new upload of the key
+    gets a new one). A read whose GET found another version than the HEAD is not kept."""
+
+    def __init__(self, size: int = READ_BACKS_KEPT) -> None:
+        self.size = size
+        self._known: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._reading: dict[tuple[str, str, str], asyncio.Task[tuple[bytes, str | None]]] = {}
+
+    async def sha256(
+        self, client: Any, bucket: str, key: str, etag: str | None, seconds: float
+    ) -> bytes:
+        if etag is None:
+            return (await object_sha256(client, bucket, key, seconds))[0]
+        version = (bucket, key, etag)
+        known = self._known.get(version)
+        if known is not None:
+            self._known.move_to_end(version)
+            return known
+        reading = self._reading.get(version)
+        if reading is None:
+            reading = asyncio.create_task(object_sha256(client, bucket, key, seconds))
+            self._reading[version] = reading
+            reading.add_done_callback(lambda task: self._read(version, task))
+        # Shielded: a caller that goes away leaves the read to the others.
+        digest, _ = await asyncio.shield(reading)
+        return digest
+
+    def _read(
+        self, version: tuple[str, str, str], task: asyncio.Task[tuple[bytes, str | None]]
+    ) -> None:
+        del self._reading[version]
+        if task.cancelled() or task.exception() is not None:  # (retrieved: no warning)
+            return
+        digest, etag_read = task.result()
+        if etag_read == version[2]:
+            self._known[version] = digest
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
 
 
 async def start_multipart(client: Any, bucket: str, key: str, content_type: str) -> str:

@@ -30,7 +30,6 @@ from ..storage.objects import (
     StoredObject,
     abort_multipart,
     complete_multipart,
-    object_sha256,
     start_multipart,
     stored_object,
 )
@@ -40,7 +39,7 @@ from .config import SETTINGS
 from .database import DATABASE
 from .downloads import UPLOAD_PENDING_RETRY_SECONDS
 from .problems import Problem
-from .storage import STORAGE
+from .storage import READ_BACKS, STORAGE
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -289,8 +288,11 @@ async def check_sha256(request: web.Request, row: Any, stored: StoredObject) -> 
         same = stored.sha256_base64 == checksum_header(declared)
     elif stored.size <= request.app[SETTINGS].upload_verify_max_bytes:
         seconds = 60 + VERIFY_SECONDS_PER_GIB * stored.size / 1024**3
-        client = request.app[STORAGE].internal_client()
-        same = await object_sha256(client, row["bucket"], row["object_key"], seconds) == declared
+        storage = request.app[STORAGE]
+        read = await request.app[READ_BACKS].sha256(
+            storage.internal_client(), row["bucket"], row["object_key"], stored.etag, seconds
+        )
+        same = read == declared
     else:
         raise Problem("upload_incomplete", reason="checksum_unverifiable")
     if not same:

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..storage.client import Storage, open_storage
+from ..storage.objects import ReadBacks
 from ..storage.probe import probing
 from .config import SETTINGS
 
 log = logging.getLogger(__name__)
 
 STORAGE = web.AppKey("storage", Storage)
+READ_BACKS = web.AppKey("read_backs", ReadBacks)
 
 
 async def storage_context(app: web.Application) -> AsyncIterator[None]:
@@ -23,5 +25,6 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
         if storage.unavailable_reason:
             log.warning("object storage not configured: %s", storage.unavailable_reason)
         app[STORAGE] = storage
+        app[READ_BACKS] = ReadBacks()
         async with probing(storage, app[SETTINGS]):
             yield

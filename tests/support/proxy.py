@@ -96,11 +96,15 @@ class RecordingHttpProxy:
 
     With `damaged_part` set it flips the first byte of every upload of that part number,
     as a faulty network would: the signature still verifies (S3 does not check the signed
-    payload hash of a plain PUT), only the part's checksum can tell."""
+    payload hash of a plain PUT), only the part's checksum can tell. With
+    `head_without_length` it answers HEAD without Content-Length, as some stores do."""
 
-    def __init__(self, target: str, damaged_part: int | None = None) -> None:
+    def __init__(
+        self, target: str, damaged_part: int | None = None, head_without_length: bool = False
+    ) -> None:
         self.target = target.rstrip("/")
         self.damaged_part = damaged_part
+        self.head_without_length = head_without_length
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.url = ""
         self._runner: object = None
@@ -131,11 +135,12 @@ class RecordingHttpProxy:
                 allow_redirects=False,
             ) as upstream:
                 body = await upstream.read()
-                passed = {
-                    k: v
-                    for k, v in upstream.headers.items()
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
-                }
+                # A HEAD's Content-Length is the object's size, kept; otherwise aiohttp
+                # counts the body again.
+                dropped = ("transfer-encoding", "connection")
+                if request.method != "HEAD" or self.head_without_length:
+                    dropped += ("content-length",)
+                passed = {k: v for k, v in upstream.headers.items() if k.lower() not in dropped}
                 return web.Response(status=upstream.status, headers=passed, body=body)
 
         app = web.Application(client_max_size=64 * 1024 * 1024)  # multipart parts too
