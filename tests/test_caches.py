@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import replace
@@ -246,6 +247,32 @@ async def test_a_listener_refused_for_other_reasons_than_an_outage_keeps_trying(
         await eventually(lambda: caches.live, timeout=10)  # within its longest backoff
     finally:
         await client.close()
+        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+async def test_a_listener_session_that_ends_at_once_backs_off(serve_app, settings, conn, caplog):
+    """A session that ends right after the login (a standby refusing LISTEN in recovery;
+    here, a role whose idle sessions the server ends after 50 ms): the listener
+    reconnected at once every time, tens of times a second."""
+    role = f"gw_short_lived_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    await conn.execute(f"ALTER ROLE \"{role}\" SET idle_session_timeout = '50ms'")
+    parts = urlsplit(settings.database_url)
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    try:
+        with caplog.at_level(logging.INFO, logger="service.data.invalidation"):
+            client = await serve_app(create_app(replace(settings, database_direct_url=as_role)))
+            await asyncio.sleep(2.0)
+            await client.close()
+        ended = [
+            r
+            for r in caplog.records
+            if r.getMessage() == "caches off until the invalidation listener reconnects"
+        ]
+        # Backing off from 0.1 s, doubling: at most 5 sessions in 2 s.
+        assert 1 <= len(ended) <= 6, len(ended)
+        assert not client.app[CACHES].live
+    finally:
         await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 

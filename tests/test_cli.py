@@ -375,7 +375,7 @@ def test_serve_refuses_its_metrics_on_its_own_port(cli):
     result = cli(
         "serve", "--port", "9109", "--workers", "2", expect=2, env={"METRICS_PORT": "9109"}
     )
-    assert "METRICS_PORT must differ from PORT" in result.stderr
+    assert "METRICS_PORT must differ from the port served (9109)" in result.stderr
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from aiobotocore.credentials import AioDeferredRefreshableCredentials
 from botocore.config import Config
 
 from service.core.disposition import content_disposition
+from service.core.errors import CredentialsExpiring
 from service.core.settings import Settings
 from service.storage.client import signed_at
 from service.storage.lifetimes import MARGIN_SECONDS, UrlLifetime
@@ -257,3 +258,25 @@ async def test_deferred_credentials_are_loaded_before_a_lifetime_is_judged():
     seconds = await UrlLifetime(credentials).seconds(3600)
     assert loads >= 1
     assert 600 - MARGIN_SECONDS - 10 <= seconds <= 600 - MARGIN_SECONDS
+
+
+async def test_a_failed_first_load_is_not_repeated_by_every_request():
+    """While STS does not answer, each of a burst of requests loaded the credentials
+    itself (each a call to STS, and a logged traceback): one tries, the others are told
+    at once, as a failed refresh is (503)."""
+    loads = 0
+
+    async def load():
+        nonlocal loads
+        loads += 1
+        raise RuntimeError("STS did not answer")
+
+    credentials = AioDeferredRefreshableCredentials(
+        refresh_using=load, method="assume-role-with-web-identity"
+    )
+    lifetime = UrlLifetime(credentials)
+    results = await asyncio.gather(
+        *(lifetime.seconds(900) for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(result, CredentialsExpiring) for result in results), results
+    assert loads == 1

@@ -146,7 +146,11 @@ def test_workers_that_keep_ending_stop_the_parent_non_zero(gateway_env, tmp_path
         taken.listen()
         port = taken.getsockname()[1]
         gateway = Gateway(gateway_env, "--workers", "2", log=tmp_path / "gw.log", port=port)
-        exit_code = gateway.process.wait(120)
+        try:
+            exit_code = gateway.process.wait(120)
+        finally:
+            if gateway.process.poll() is None:
+                gateway.process.kill()
     assert exit_code != 0
     messages = [line["message"] for line in gateway.json_lines() if "message" in line]
     assert messages.count("workers keep ending: stopping the others") == 1

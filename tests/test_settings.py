@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,6 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("PORT", "99999"),
         ("PORT", "0"),
         ("METRICS_PORT", "70000"),
-        ("METRICS_PORT", "8080"),  # PORT's default: both would answer on it
         ("RATE_LIMIT_BACKEND", "memcached"),
         # With the backend left local, each replica would grant the limits anew, silently.
         ("REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -130,3 +130,12 @@ def test_a_dotenv_that_is_not_utf8_stops_the_start_with_one_line(tmp_path, monke
     (tmp_path / ".env").write_bytes(b"LOG_LEVEL=\xff\xfe\n")
     with pytest.raises(SettingsError, match=r"\.env is not UTF-8 text"):
         Settings.from_env()
+
+
+def test_metrics_need_a_port_of_their_own_once_the_served_port_is_known():
+    """Checked where the port is final: `serve --port 9000` with METRICS_PORT=8080 (PORT's
+    default) is fine, and commands that serve nothing never care."""
+    settings = Settings.from_env({"METRICS_PORT": "8080"})
+    with pytest.raises(SettingsError, match="METRICS_PORT must differ"):
+        settings.check_listeners()
+    replace(settings, port=9000).check_listeners()

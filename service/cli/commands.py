@@ -108,6 +108,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port if args.port is not None else settings.port,
         workers=workers,
     )
+    settings.check_listeners()
     host, port = settings.host, settings.port
     if workers == 1:
         serve_one(settings, host, port)
@@ -115,9 +116,15 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     return serve_workers(settings, host, port, workers)
 
 
+DEV_EXTRA = "the dev stack needs the dev extra: pip install 'attachments-gateway[dev]'"
+
+
 def cluster(settings: Settings, args: argparse.Namespace) -> int:
-    from ..devstack.cluster import run_cluster
-    from ..devstack.processes import CannotStart
+    try:
+        from ..devstack.cluster import run_cluster
+        from ..devstack.processes import CannotStart
+    except ImportError:
+        raise UsageError(DEV_EXTRA) from None
 
     if args.replicas < 1:
         raise UsageError("--replicas must be at least 1")
@@ -129,8 +136,11 @@ def cluster(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dev(settings: Settings, args: argparse.Namespace) -> int:
-    from ..devstack.processes import CannotStart
-    from ..devstack.stack import run_dev_stack
+    try:
+        from ..devstack.processes import CannotStart
+        from ..devstack.stack import run_dev_stack
+    except ImportError:
+        raise UsageError(DEV_EXTRA) from None
 
     try:
         run_dev_stack(args.port, settings)

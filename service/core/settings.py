@@ -211,10 +211,6 @@ class Settings:
             port = getattr(self, name)
             if port is not None and not 1 <= port <= 65535:
                 raise SettingsError(f"{name.upper()} must be a port, 1 to 65535")
-        if self.metrics_port == self.port:
-            # Both listeners would take it (SO_REUSEPORT with workers), and the kernel would
-            # hand public connections to /metrics and metrics scrapes to the API.
-            raise SettingsError("METRICS_PORT must differ from PORT (or serve's --port)")
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.db_statement_cache_size < 0:
@@ -222,6 +218,13 @@ class Settings:
         for name in ("db_connect_timeout", "db_acquire_timeout", "db_statement_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
+
+    def check_listeners(self) -> None:
+        """For a server about to listen, once its port is final (serve's --port wins over
+        PORT): the metrics listener needs a port of its own, else both would take it
+        (SO_REUSEPORT with workers) and the kernel hand public connections to /metrics."""
+        if self.metrics_port == self.port:
+            raise SettingsError(f"METRICS_PORT must differ from the port served ({self.port})")
 
     @property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -95,9 +96,16 @@ async def listen(
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
             continue
-        backoff = 0.1
+        connected_at = time.monotonic()
         await _listen_on(conn, caches, probe_path, status)
         log.info("caches off until the invalidation listener reconnects")
+        # A session that ends at once (LISTEN refused, as on a standby in recovery) would
+        # otherwise reconnect at full speed: only one that lasted starts afresh.
+        if time.monotonic() - connected_at >= PING_INTERVAL:
+            backoff = 0.1
+        else:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
 
 async def _listen_on(

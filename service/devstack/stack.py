@@ -60,6 +60,7 @@ def run_dev_stack(port: int, configured: Settings | None = None, dev_dir: Path =
             # Any page may call the dev gateway (docs/api.md, "From a browser").
             cors_allowed_origins="*",
         )
+        settings.check_listeners()
         asyncio.run(apply_migrations(settings.direct_database_url, settings.migrations_dir))
         demo = asyncio.run(ensure_demo(settings, dev_dir / "demo.json"))
         base_url = f"http://127.0.0.1:{port}"
@@ -76,9 +77,12 @@ def run_dev_stack(port: int, configured: Settings | None = None, dev_dir: Path =
             f"Download the demo file:\n  {demo.curl(base_url)}\n\n"
             "Ctrl-C stops everything.\n"
         )
-        serve(settings, "127.0.0.1", port, on_listening=lambda: print(banner, flush=True))
-        # The gateway's shutdown put its signals back: ours stop again what follows.
-        ignore_further_signals()
+        try:
+            serve(settings, "127.0.0.1", port, on_listening=lambda: print(banner, flush=True))
+        finally:
+            # The gateway's shutdown put its signals back: the cleanup that follows must
+            # not be cut short by another.
+            ignore_further_signals()
 
 
 # Settings the stack sets itself: its database and S3.

@@ -76,6 +76,8 @@ def serve(
     except CannotListen as exc:
         log.critical("cannot listen on %s:%d: %s", host, port, exc)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the server's own handlers were in place: nothing in flight
     log.info("stopped")
 
 
@@ -213,11 +215,15 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
                 os.kill(process.pid, signum)
 
     def start_worker() -> None:
+        if stopping:
+            return
         process = context.Process(
             target=serve, args=(settings, host, port), kwargs={"reuse_port": True}
         )
-        process.start()
         running.append(process)
+        process.start()
+        if stopping and process.pid:  # the signal came while it started: it missed it
+            os.kill(process.pid, signal.SIGTERM)
 
     # Before any worker starts: a signal meanwhile would end the parent alone.
     signal.signal(signal.SIGTERM, forward)

@@ -11,6 +11,7 @@ URL that cannot work.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -43,15 +44,12 @@ class UrlLifetime:
     def __init__(self, credentials: Any) -> None:
         self._credentials = credentials
         self._refreshed_at = -REFRESH_INTERVAL_SECONDS
+        self._first_load = asyncio.Lock()
 
     async def seconds(self, asked: int) -> int:
         left = seconds_left(self._credentials)
         if left is None and getattr(self._credentials, "_refresh_using", None) is not None:
-            # Refreshable, but never loaded: deferred ones (a web identity, as with IRSA;
-            # an assumed role; SSO) have no expiry before their first use, and read as
-            # static they would sign the first URLs for longer than they live.
-            await self._refresh()
-            left = seconds_left(self._credentials)
+            left = await self._load_deferred()
         if left is None or left >= asked + MARGIN_SECONDS:
             return asked
         now = time.monotonic()
@@ -66,6 +64,23 @@ class UrlLifetime:
         if lifetime < MIN_URL_SECONDS:
             raise CredentialsExpiring(f"credentials end in {int(left)} s")
         return lifetime
+
+    async def _load_deferred(self) -> float | None:
+        """Refreshable credentials never loaded: deferred ones (a web identity, as with
+        IRSA; an assumed role; SSO) have no expiry before their first use, and read as
+        static they would sign the first URLs for longer than they live. One load for all
+        the requests waiting on it; after a failed one, none for REFRESH_INTERVAL_SECONDS
+        (each would call STS, and fail the same way)."""
+        async with self._first_load:
+            left = seconds_left(self._credentials)
+            if left is None:
+                now = time.monotonic()
+                if now - self._refreshed_at < REFRESH_INTERVAL_SECONDS:
+                    raise CredentialsExpiring("credentials could not be loaded")
+                self._refreshed_at = now
+                await self._refresh()
+                left = seconds_left(self._credentials)
+        return left
 
     async def _refresh(self) -> None:
         try:

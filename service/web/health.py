@@ -66,7 +66,8 @@ async def readyz(request: web.Request) -> web.Response:
         # like storage's outage below: out of rotation, its load would only move to the
         # others, and its warm downloads (no query) would stop too.
         checks["database"] = BUSY if database.saturated else "unreachable"
-        checks["schema"] = "unknown"
+        # Seen whole before, it stays so (migrations only add); else it cannot be told now.
+        checks["schema"] = "unknown" if request.app[SCHEMA_CHECK].pending else "ok"
     else:
         if missing:
             checks["schema"] = f"migrations not applied: {', '.join(missing)}"
@@ -83,8 +84,7 @@ async def readyz(request: web.Request) -> web.Response:
     # answers downloads 503 itself, and taking them all out of the load balancer would
     # only swap that answer for a connection error. Without its database it is not.
     # Busy is ready only where the schema was already seen whole: it cannot be asked now.
-    busy_and_current = checks["database"] == BUSY and not request.app[SCHEMA_CHECK].pending
-    database_ok = busy_and_current or checks["database"] == checks["schema"] == "ok"
+    database_ok = checks["database"] in ("ok", BUSY) and checks["schema"] == "ok"
     if database_ok and checks["storage"] in ("ok", "unreachable"):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(
