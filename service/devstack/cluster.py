@@ -24,9 +24,9 @@ from .demo import ensure_demo
 from .haproxy import HAPROXY, haproxy_available, run_haproxy
 from .pgbouncer import PGBOUNCER, pgbouncer_available, run_pgbouncer
 from .ports import free_port
-from .processes import CannotStart, ended_by_signals, holding
+from .processes import CannotStart, starting_stack
 from .redis_server import REDIS_SERVER, redis_available, run_redis
-from .stack import DEV_DIR, embedded_postgres, embedded_s3, refuse_taken_port
+from .stack import DEV_DIR, embedded_postgres, embedded_s3
 
 CLUSTER_DIR = DEV_DIR / "cluster"
 
@@ -49,16 +49,11 @@ def run_cluster(port: int, replicas: int, dev_dir: Path = DEV_DIR) -> None:
         raise MissingTool(
             f"not installed: {', '.join(missing)} (apt-get install pgbouncer redis-server haproxy)"
         )
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    # Absolute: the servers' command lines then say whose folder they serve.
-    dev_dir = dev_dir.resolve()
     # The embedded S3 knows its own key pair only: a session token would spoil it.
     os.environ.pop("AWS_SESSION_TOKEN", None)
-    work = dev_dir / "cluster"
     with contextlib.ExitStack() as stack:
-        stack.enter_context(holding(dev_dir))
-        stack.enter_context(ended_by_signals())
-        refuse_taken_port(port)
+        dev_dir = stack.enter_context(starting_stack(dev_dir, port))
+        work = dev_dir / "cluster"
         work.mkdir(parents=True, exist_ok=True)
         print("starting embedded Postgres, S3, PgBouncer and Redis ...", flush=True)
         database_url = stack.enter_context(embedded_postgres(dev_dir / "postgres"))

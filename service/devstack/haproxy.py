@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .ports import free_port, port_is_free
-from .processes import CannotStart, stop, wait_for_port
+from .ports import free_port
+from .processes import refuse_taken_port, stop, wait_for_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -50,9 +50,8 @@ def haproxy_config(port: int, backends: Sequence[int]) -> str:
 @contextmanager
 def run_haproxy(backends: Sequence[int], workdir: Path, port: int | None = None) -> Iterator[str]:
     """HAProxy on loopback (`port`, or a free one) in front of `backends`; yields its URL."""
-    if port is not None and not port_is_free(port):
-        # HAProxy would exit, and the port's other listener answer in its place.
-        raise CannotStart(f"port {port} is in use: choose another with --port")
+    if port is not None:
+        refuse_taken_port(port)
     port = port or free_port(frozenset(backends))
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "haproxy.cfg"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from .ports import port_is_free
+
 
 class CannotStart(RuntimeError):
     """The stack cannot start as asked; the message says why, in one line."""
@@ -78,6 +80,26 @@ def ended_by_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def refuse_taken_port(port: int) -> None:
+    """Before anything starts: otherwise the stack would come up whole, then fail to
+    listen (HAProxy would exit, and the port's other listener answer in its place)."""
+    if not port_is_free(port):
+        raise CannotStart(f"port {port} is in use: choose another with --port")
+
+
+@contextlib.contextmanager
+def starting_stack(dev_dir: Path, port: int) -> Iterator[Path]:
+    """What a stack on `dev_dir` serving `port` does before starting anything: the folder
+    held, signals made to stop it cleanly, the port checked. Yields the folder, absolute:
+    the servers' command lines then say whose folder they serve."""
+    # The embedded stack never needs the cloud metadata service: never let botocore try it.
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    folder = dev_dir.resolve()
+    with holding(folder), ended_by_signals():
+        refuse_taken_port(port)
+        yield folder
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from ..data.migrations import apply_migrations
 from ..server.processes import serve
 from .demo import ensure_demo
 from .ports import free_port, port_is_free
-from .processes import CannotStart, ended_by_signals, holding, ignore_further_signals
+from .processes import ignore_further_signals, starting_stack
 from .seaweed import S3Server, run_seaweedfs, weed_binary
 
 DEV_DIR = Path(".dev")
@@ -35,14 +35,8 @@ PREFERRED_S3_PORT = 8333
 def run_dev_stack(port: int, configured: Settings | None = None, dev_dir: Path = DEV_DIR) -> None:
     """`configured`: the environment's settings, all kept but where the stack's own
     database and S3 are (DATABASE_*, S3_*), its port and its CORS."""
-    # The embedded stack never needs the cloud metadata service: never let botocore try it.
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    # Absolute: the servers' command lines then say whose folder they serve.
-    dev_dir = dev_dir.resolve()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(holding(dev_dir))
-        stack.enter_context(ended_by_signals())
-        refuse_taken_port(port)
+        dev_dir = stack.enter_context(starting_stack(dev_dir, port))
         print("starting embedded Postgres ...", flush=True)
         database_url = stack.enter_context(embedded_postgres(dev_dir / "postgres"))
         print("starting embedded S3 ...", flush=True)
@@ -99,13 +93,6 @@ def without_stack_settings(configured: Settings) -> Settings:
             if field.name.startswith(STACK_SETTINGS)
         },
     )
-
-
-def refuse_taken_port(port: int) -> None:
-    """Before anything starts: otherwise the stack would come up whole, then fail to
-    listen, with a traceback."""
-    if not port_is_free(port):
-        raise CannotStart(f"port {port} is in use: choose another with --port")
 
 
 @contextlib.contextmanager
