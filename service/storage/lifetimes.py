@@ -52,9 +52,7 @@ class UrlLifetime:
             left = await self._load_deferred()
         if left is None or left >= asked + MARGIN_SECONDS:
             return asked
-        now = time.monotonic()
-        if now - self._refreshed_at >= REFRESH_INTERVAL_SECONDS:
-            self._refreshed_at = now
+        if self._refresh_due():
             await self._refresh()
             left = seconds_left(self._credentials)
             assert left is not None
@@ -74,13 +72,19 @@ class UrlLifetime:
         async with self._first_load:
             left = seconds_left(self._credentials)
             if left is None:
-                now = time.monotonic()
-                if now - self._refreshed_at < REFRESH_INTERVAL_SECONDS:
+                if not self._refresh_due():
                     raise CredentialsExpiring("credentials could not be loaded")
-                self._refreshed_at = now
                 await self._refresh()
                 left = seconds_left(self._credentials)
         return left
+
+    def _refresh_due(self) -> bool:
+        """At most one refresh (or first load) every REFRESH_INTERVAL_SECONDS; True takes it."""
+        now = time.monotonic()
+        if now - self._refreshed_at < REFRESH_INTERVAL_SECONDS:
+            return False
+        self._refreshed_at = now
+        return True
 
     async def _refresh(self) -> None:
         try:
