@@ -230,14 +230,19 @@ async def test_without_the_listener_caches_are_bypassed_then_come_back(
     assert caches.flushes >= flushes + 2
 
 
+def dsn_as(dsn: str, role: str) -> str:
+    """The same server and database, logged in as `role`."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+
+
 async def test_a_listener_refused_for_other_reasons_than_an_outage_keeps_trying(
     serve_app, settings, conn
 ):
     """A login refused (a role or password being rotated; here, a role not yet created)
     ended the listener for good: the caches stayed off until a restart."""
     role = f"gw_listener_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(settings.database_url)
-    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    as_role = dsn_as(settings.database_url, role)
     client = await serve_app(create_app(replace(settings, database_direct_url=as_role)))
     caches = client.app[CACHES]
     try:
@@ -257,8 +262,7 @@ async def test_a_listener_session_that_ends_at_once_backs_off(serve_app, setting
     role = f"gw_short_lived_{uuid.uuid4().hex[:8]}"
     await conn.execute(f'CREATE ROLE "{role}" LOGIN')
     await conn.execute(f"ALTER ROLE \"{role}\" SET idle_session_timeout = '50ms'")
-    parts = urlsplit(settings.database_url)
-    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    as_role = dsn_as(settings.database_url, role)
     try:
         with caplog.at_level(logging.INFO, logger="service.data.invalidation"):
             client = await serve_app(create_app(replace(settings, database_direct_url=as_role)))

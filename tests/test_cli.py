@@ -241,17 +241,22 @@ async def test_a_part_damaged_on_the_way_is_refused_and_the_upload_aborted(
     assert await conn.fetchval(registered, uuid.UUID(workspace)) == 0
 
 
+def add_refused(cli, tmp_path, workspace_name, *options):
+    """`attachment add` of a small file to a new workspace with these options, refused
+    (exit 2): the workspace's id and the result."""
+    workspace = as_json(cli("workspace", "create", workspace_name, "--json"))["id"]
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"data")
+    refused = cli("attachment", "add", "--workspace", workspace, str(path), *options, expect=2)
+    return workspace, refused
+
+
 @pytest.mark.parametrize("filename", ["x" * 1025, "tab\there.txt"])
 @pytest.mark.slow
 def test_a_filename_the_table_would_refuse_is_refused_before_any_upload(
     cli, seaweed_client, tmp_path, filename
 ):
-    workspace = as_json(cli("workspace", "create", "Long names", "--json"))["id"]
-    path = tmp_path / "small.bin"
-    path.write_bytes(b"data")
-    refused = cli(
-        "attachment", "add", "--workspace", workspace, str(path), "--filename", filename, expect=2
-    )
+    workspace, refused = add_refused(cli, tmp_path, "Long names", "--filename", filename)
     assert "the filename must be 1 to 1,024 characters" in refused.stderr
     assert seaweed_client.list_objects_v2(Bucket=BUCKET, Prefix=f"{workspace}/")["KeyCount"] == 0
     args = ("--workspace", workspace, "--bucket", BUCKET, "--key", "k", "--filename", filename)
@@ -261,12 +266,7 @@ def test_a_filename_the_table_would_refuse_is_refused_before_any_upload(
 @pytest.mark.parametrize("value", ["0", "17", "many"])
 @pytest.mark.slow
 def test_a_bad_parallel_value_is_one_line_and_exit_2(cli, tmp_path, value):
-    workspace = as_json(cli("workspace", "create", "Bad parallel", "--json"))["id"]
-    path = tmp_path / "small.bin"
-    path.write_bytes(b"data")
-    refused = cli(
-        "attachment", "add", "--workspace", workspace, str(path), "--parallel", value, expect=2
-    )
+    _, refused = add_refused(cli, tmp_path, "Bad parallel", "--parallel", value)
     assert "--parallel" in refused.stderr
 
 
