@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 # Before anything below imports botocore: credentials from the environment only, never the
@@ -60,12 +61,21 @@ def release_apps() -> Iterator[None]:
     aiohttp.web_app._cached_build_middleware.cache_clear()
 
 
+class ServedAsInProduction(TestServer):
+    """aiohttp's test server cancels a handler whose client went away; `serve` (aiohttp's
+    default) lets it run on, and its next read of the body fails instead. The tests see
+    what production does."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+
+
 @pytest.fixture
 def serve_app(aiohttp_client: object) -> object:
     """Serve an app over real HTTP with the service's own access logger."""
 
     async def serve(app: web.Application) -> TestClient:
-        server = TestServer(app)
+        server = ServedAsInProduction(app)
         await server.start_server(access_log_class=AccessLogger)
         return await aiohttp_client(server)  # type: ignore[operator, no-any-return]
 
@@ -239,11 +249,12 @@ def gateway_env(database_url, seaweed):
 
 # The operator CLI as operators run it: its own process, real Postgres, real S3.
 @pytest.fixture
-def cli(database_url, seaweed):
+def cli(database_url, seaweed, tmp_path):
     def run(*args, s3=seaweed, expect=0, env=None):
         result = subprocess.run(
             [sys.executable, "-m", "service", *args],
             env=environment.gateway_env(database_url, s3, **(env or {})),
+            cwd=tmp_path,  # not the checkout, whose .env would add settings
             capture_output=True,
             text=True,
             timeout=120,

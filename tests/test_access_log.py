@@ -271,7 +271,7 @@ def test_a_token_pasted_into_the_path_is_not_logged(path, logged):
     assert loggable_path(path) == logged
 
 
-async def test_the_direct_line_redacts_a_token_in_the_path(client, make_tenant, caplog):
+async def test_the_logging_path_redacts_a_token_in_the_path(client, make_tenant, caplog):
     tenant = await make_tenant()
     caplog.set_level(logging.INFO, "aiohttp.access")
     path = f"/api/v1/attachments/{tenant.read_token}/download"

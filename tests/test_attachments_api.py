@@ -15,11 +15,12 @@ from yarl import URL
 from service.core.disposition import content_disposition
 from service.data.admin import register_attachment
 from service.data.attachments import NEXT_PAGE
+from service.data.caches import MISSING
 from service.web.app import create_app
 from service.web.caches import CACHES
 from tests.support.http import assert_problem, fetch, signed_response_headers
 from tests.support.storage import BUCKET
-from tests.support.waiting import eventually
+from tests.support.waiting import changes_heard, eventually
 
 ATTACHMENT_FIELDS = ["id", "filename", "content_type", "size_bytes", "status", "created_at"]
 RFC3339_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -47,6 +48,23 @@ async def new_attachment(client, tenant, body=b"uploaded bytes\n", **fields):
     )
     assert response.status == 201, raw
     return response, json.loads(raw)
+
+
+async def cached_by_downloads(client, conn, tenant, attachment_id):
+    """Download until the attachment and its URL are cached, so that what follows cannot
+    pass by reading the database. A lookup that any invalidation overlaps rightly stores
+    nothing: the listener must be up and the rows' own notifications heard first."""
+    caches = client.app[CACHES]
+    await eventually(lambda: caches.live, timeout=15)
+    await changes_heard(conn, caches)
+    for _ in range(2):
+        response, _ = await call(
+            client, "GET", f"/api/v1/attachments/{attachment_id}/download", tenant.auth()
+        )
+        assert response.status == 307
+    assert caches.attachment(str(attachment_id), tenant.workspace_id) is not MISSING
+    assert caches.url(str(attachment_id), "GET") is not MISSING
+    return response
 
 
 # --- metadata -------------------------------------------------------------------------
@@ -172,11 +190,27 @@ async def test_a_page_does_not_shift_when_rows_come_and_go(
     assert [item["id"] for item in json.loads(raw)["items"]] == [str(ids[1]), str(ids[0])]
 
 
-async def test_the_default_page_size_is_50(client, make_tenant):
+async def test_the_default_page_size_is_50(client, conn, make_tenant):
     tenant = await make_tenant()
     response, raw = await call(client, "GET", "/api/v1/attachments", tenant.auth())
     assert response.status == 200
     assert json.loads(raw) == {"items": [], "next_cursor": None}
+    # Listing reads rows only: registered rows need no bytes behind them.
+    for n in range(51):
+        await register_attachment(
+            conn, tenant.workspace_id, bucket=BUCKET, object_key=f"page/{n}", filename="p.txt"
+        )
+    response, raw = await call(client, "GET", "/api/v1/attachments", tenant.auth())
+    first = json.loads(raw)
+    assert len(first["items"]) == 50
+    assert first["next_cursor"] is not None
+    assert 'rel="next"' in response.headers["Link"]
+    response, raw = await call(
+        client, "GET", "/api/v1/attachments", tenant.auth(), params={"cursor": first["next_cursor"]}
+    )
+    rest = json.loads(raw)
+    assert len(rest["items"]) == 1 and rest["next_cursor"] is None
+    assert "Link" not in response.headers
 
 
 @pytest.mark.parametrize(
@@ -468,15 +502,13 @@ async def test_another_tenant_cannot_confirm_or_delete(client, conn, make_tenant
 
 
 async def test_patch_renames_and_retypes_and_the_next_url_says_so(
-    client, make_tenant, make_attachment
+    client, conn, make_tenant, make_attachment
 ):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id, filename="draft.txt")
     path = f"/api/v1/attachments/{attachment_id}"
     # Cached (attachment and URL) by a download first: the edit must not wait for NOTIFY.
-    for _ in range(2):
-        response, _ = await call(client, "GET", f"{path}/download", tenant.auth())
-        assert response.status == 307
+    response = await cached_by_downloads(client, conn, tenant, attachment_id)
     old_location = response.headers["Location"]
 
     edit = {"filename": "Q3 report (final).pdf", "content_type": "application/pdf"}
@@ -512,7 +544,7 @@ async def test_patch_renames_and_retypes_and_the_next_url_says_so(
 
 
 async def test_an_edit_reaches_the_other_instances_caches(
-    serve_app, settings, make_tenant, make_attachment
+    serve_app, settings, conn, make_tenant, make_attachment
 ):
     first = await serve_app(create_app(settings))
     second = await serve_app(create_app(settings))
@@ -521,7 +553,7 @@ async def test_an_edit_reaches_the_other_instances_caches(
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id, filename="old.txt")
     download = f"/api/v1/attachments/{attachment_id}/download"
-    response, _ = await call(second, "GET", download, tenant.auth())  # cached there
+    response = await cached_by_downloads(second, conn, tenant, attachment_id)  # cached there
     assert "old.txt" in signed_response_headers(response.headers["Location"])[0]
     response, _ = await call(
         first,
@@ -613,9 +645,7 @@ async def test_delete_is_204_then_gone_at_once(client, conn, make_tenant, make_a
     attachment_id = await make_attachment(tenant.workspace_id)
     download = f"/api/v1/attachments/{attachment_id}/download"
     # Cached (attachment and URL) by a download first: deletion must not wait for NOTIFY.
-    for _ in range(2):
-        response, _ = await call(client, "GET", download, tenant.auth())
-        assert response.status == 307
+    await cached_by_downloads(client, conn, tenant, attachment_id)
     response, raw = await call(
         client, "DELETE", f"/api/v1/attachments/{attachment_id}", tenant.auth("write")
     )

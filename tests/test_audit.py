@@ -107,6 +107,29 @@ async def test_issued_urls_and_refusals_after_authentication_are_recorded(
     assert await recorded(conn, other.workspace_id) == []  # tried on it, not by it
 
 
+async def test_a_head_is_recorded_only_when_its_answer_carries_the_url(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    app = create_app(replace(settings, audit_enabled=True))
+    client = await serve_app(app)
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    download = f"/api/v1/attachments/{attachment_id}/download"
+    links = f"/api/v1/attachments/download-links?id={attachment_id}"
+    head = await client.head(download, headers=tenant.auth(), allow_redirects=False)
+    assert head.status == 307 and "X-Amz-Signature=" in head.headers["Location"]
+    # The JSON link's URL is in the body, which a HEAD's answer leaves out.
+    assert (await client.head(download + "?redirect=false", headers=tenant.auth())).status == 200
+    assert (await client.head(links, headers=tenant.auth())).status == 200
+    assert (await client.get(links, headers=tenant.auth())).status == 200
+    await app[AUDIT].flush()
+    rows = await recorded(conn, tenant.workspace_id)
+    assert [(r["outcome"], r["status"], r["method"]) for r in rows] == [
+        ("issued", 307, "HEAD"),
+        ("issued", 200, "GET"),
+    ]
+
+
 async def test_x_forwarded_for_in_several_lines_is_one_list(
     serve_app, settings, conn, make_tenant, make_attachment
 ):

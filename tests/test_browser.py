@@ -170,8 +170,12 @@ async def test_a_refused_origin_stays_refused(
     )
     assert result == {"error": "TypeError: Failed to fetch"}
     path = f"/api/v1/attachments/{attachment_id}/download"
-    await eventually(lambda: access_lines(gateway, path))
-    await asyncio.sleep(0.5)  # a GET, had one been sent, would be logged by now too
+    # Lines are written in the order requests end: once a request sent now is logged, a
+    # GET the browser had sent before its answer would be logged too.
+    marker = f"after-{uuid.uuid4().hex}"
+    request = urllib.request.Request(f"{gateway.url}/healthz", headers={"X-Request-ID": marker})
+    await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=5).close())
+    await eventually(lambda: any(line.get("request_id") == marker for line in gateway.json_lines()))
     lines = access_lines(gateway, path)
     # The preflight got its 204 without permissions, so the browser never sent the GET.
     assert [(line["method"], line["status"]) for line in lines] == [("OPTIONS", 204)]

@@ -218,7 +218,8 @@ async def test_without_the_listener_caches_are_bypassed_then_come_back(
     await eventually(lambda: _cached_after_a_request(client, caches, path, tenant), timeout=5)
     flushes = caches.flushes
     await conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = $1 AND datname = current_database()",
         APPLICATION_NAME,
     )
     # The loss is noticed and the caches flushed (then flushed again on reconnecting,
@@ -348,13 +349,15 @@ async def test_a_cached_key_still_expires_on_time(client, conn, make_tenant, mak
 
     tenant = await make_tenant()
     path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
-    await eventually(lambda: client.app[CACHES].live, timeout=5)
-    key = await create_key(
-        conn, tenant.workspace_id, expires_at=datetime.now(UTC) + timedelta(seconds=1.5)
-    )
+    caches = client.app[CACHES]
+    await eventually(lambda: caches.live, timeout=5)
+    expires_at = datetime.now(UTC) + timedelta(seconds=3)
+    key = await create_key(conn, tenant.workspace_id, expires_at=expires_at)
+    await changes_heard(conn, caches)  # the key's own NOTIFY would keep it out of the cache
     headers = {"Authorization": f"Bearer {key.token}"}
     assert (await client.get(path, headers=headers, allow_redirects=False)).status == 307
-    await asyncio.sleep(1.6)
+    assert getattr(caches.keys.peek(digest(key.token)), "key_id", None) == key.id
+    await asyncio.sleep((expires_at - datetime.now(UTC)).total_seconds() + 0.1)
     assert (await client.get(path, headers=headers, allow_redirects=False)).status == 401
 
 
@@ -521,7 +524,43 @@ async def test_asking_for_another_tenants_id_never_displaces_the_owners_answer(
     kept = ASKERS_PER_ATTACHMENT - 1  # beside the owner's
     assert refusals == [MISSING] * (len(askers) - kept) + [None] * kept
 
-    # The refresher renews every answer the entry holds, each for its own workspace.
-    before = caches.attachments.peek(attachment_id)
+    # The refresher renews the owner's answer and leaves the others' as they were.
+    before = answers()
     await renew_attachments(caches, client.app[ATTACHMENT_LOOKUPS], [attachment_id])
-    assert caches.attachments.peek(attachment_id) == before
+    assert answers() == before
+
+
+async def test_a_refusal_ends_on_time_whatever_the_owner_does(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    """Another tenant's id is cached as "no such attachment" for exactly as long as a
+    missing id is: renewed with the entry while the owner downloads, or dropped with it
+    when the owner changes the attachment, it would let the asker time the owner."""
+    client = await serve_app(create_app(replace(settings, cache_ttl_seconds=1.5)))
+    caches = client.app[CACHES]
+    owner, asker = await make_tenant(), await make_tenant()
+    attachment_id = str(await make_attachment(owner.workspace_id))
+    url = f"/api/v1/attachments/{attachment_id}/download"
+    await eventually(lambda: caches.live)
+    await changes_heard(conn, caches)
+    refused_at = time.monotonic()
+    assert (await client.get(url, headers=asker.auth(), allow_redirects=False)).status == 404
+    assert caches.attachment(attachment_id, asker.workspace_id) is None
+
+    # The owner's change drops the owner's answer, on this instance and by NOTIFY.
+    response = await client.patch(
+        f"/api/v1/attachments/{attachment_id}",
+        json={"filename": "b.txt"},
+        headers=owner.auth("write"),
+    )
+    assert response.status == 200
+    await changes_heard(conn, caches)
+    assert caches.attachment(attachment_id, asker.workspace_id) is None
+
+    # The owner's downloads keep the entry renewed past the refusal's end.
+    while time.monotonic() < refused_at + 1.5 + 0.3:
+        response = await client.get(url, headers=owner.auth(), allow_redirects=False)
+        assert response.status == 307
+        await asyncio.sleep(0.05)
+    assert caches.attachment(attachment_id, owner.workspace_id).filename == "b.txt"
+    assert caches.attachment(attachment_id, asker.workspace_id) is MISSING

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -92,15 +93,30 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 def processes_using(path: Path) -> list[str]:
-    found = []
+    """The command lines of the processes that name `path`."""
+    return list(pids_using(path).values())
+
+
+def pids_using(path: Path) -> dict[int, str]:
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         if str(path) in text:
-            found.append(text)
+            found[int(cmdline.parent.name)] = text
     return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running(tmp_path: Path) -> Iterator[None]:
+    """A test that failed half-way may leave a stack's Postgres or SeaweedFS running (a
+    test that passed checked that it left nothing): stopped here, not left for good."""
+    yield
+    for pid in pids_using(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def test_dev_stack_serves_the_demo_file_reuses_it_and_leaves_nothing_behind(tmp_path):

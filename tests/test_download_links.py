@@ -103,7 +103,9 @@ async def test_the_download_options_apply_to_every_link(client, make_tenant, mak
     ids = [await make_attachment(tenant.workspace_id, filename=f"{n}.txt") for n in range(3)]
     response, raw = await links(client, tenant.auth(), ids, expires_in="60", disposition="inline")
     assert response.status == 200
-    for item in json.loads(raw)["items"]:
+    items = json.loads(raw)["items"]
+    assert [item["id"] for item in items] == [str(i) for i in ids]
+    for item in items:
         query = parse_qs(urlsplit(item["url"]).query)
         assert query["X-Amz-Expires"] == ["60"]
         assert query["response-content-disposition"][0].startswith("inline")

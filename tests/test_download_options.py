@@ -9,7 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from service.web.caches import CACHES
+from service.web.metrics import METRICS
 from tests.support.http import assert_problem, fetch
+from tests.support.waiting import changes_heard, eventually
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
@@ -31,8 +34,13 @@ def parse_time(text):
 
 @pytest.mark.parametrize(
     ("query", "accept"),
-    [({"redirect": "false"}, None), ({}, "application/json"), ({}, "application/json; q=1")],
-    ids=["redirect=false", "accept-json", "accept-json-with-params"],
+    [
+        ({"redirect": "false"}, None),
+        ({}, "application/json"),
+        ({}, "application/json; q=1"),
+        ({}, "Application/JSON"),
+    ],
+    ids=["redirect=false", "accept-json", "accept-json-with-params", "accept-json-any-case"],
 )
 async def test_the_url_as_json(client, make_tenant, make_attachment, query, accept):
     tenant = await make_tenant()
@@ -67,7 +75,10 @@ async def test_head_for_the_json_link_has_get_s_headers_and_no_body(
     assert parse_time(response.headers["X-Expires-At"]) > datetime.now(UTC)
 
 
-@pytest.mark.parametrize("accept", [BROWSER_ACCEPT, "application/json, */*", "*/*", "text/html"])
+@pytest.mark.parametrize(
+    "accept",
+    [BROWSER_ACCEPT, "application/json, */*", "*/*", "text/html", "application/json;q=0"],
+)
 async def test_anything_else_still_redirects(client, make_tenant, make_attachment, accept):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id)
@@ -81,24 +92,61 @@ async def test_anything_else_still_redirects(client, make_tenant, make_attachmen
     assert response.status == 307
 
 
-async def test_expires_in_sets_the_lifetime(client, make_tenant, make_attachment):
+async def test_expires_in_sets_the_lifetime(client, conn, make_tenant, make_attachment):
     tenant = await make_tenant()
     attachment_id = await make_attachment(tenant.workspace_id, body=b"brief")
+    # URLs are reused only with the listener up and no change of these rows still on its
+    # way (one arriving mid-lookup rightly keeps the URL out of the cache).
+    await eventually(lambda: client.app[CACHES].live, timeout=15)
+    await changes_heard(conn, client.app[CACHES])
     asked_at = datetime.now(UTC).replace(microsecond=0)
-    response, raw = await download(client, attachment_id, tenant.auth(), expires_in="120")
+    response, raw = await download(client, attachment_id, tenant.auth(), expires_in="240")
     assert response.status == 307
     location = response.headers["Location"]
-    assert parse_qs(urlsplit(location).query)["X-Amz-Expires"] == ["120"]
+    assert parse_qs(urlsplit(location).query)["X-Amz-Expires"] == ["240"]
     expires_at = parse_time(json.loads(raw)["expires_at"])
-    assert timedelta(seconds=119) <= expires_at - asked_at <= timedelta(seconds=121)
+    assert timedelta(seconds=239) <= expires_at - asked_at <= timedelta(seconds=241)
     assert (await fetch(location))[:2] == (200, b"brief")
-    # The same lifetime again may reuse the URL; another lifetime never does.
-    again, _ = await download(client, attachment_id, tenant.auth(), expires_in="120")
+    # The same lifetime again reuses the URL; another lifetime never does.
+    again, _ = await download(client, attachment_id, tenant.auth(), expires_in="240")
     assert again.headers["Location"] == location
     other, _ = await download(client, attachment_id, tenant.auth(), expires_in="3600")
     assert parse_qs(urlsplit(other.headers["Location"]).query)["X-Amz-Expires"] == ["3600"]
     plain, _ = await download(client, attachment_id, tenant.auth())
     assert parse_qs(urlsplit(plain.headers["Location"]).query)["X-Amz-Expires"] == ["900"]
+
+    # Shorter than four reuse windows (60 s), a URL is signed anew every time: reused, it
+    # could reach its holder with under three quarters of the lifetime asked for.
+    presigns = client.app[METRICS].counts.presigns
+    signed = presigns.get(("GET", "signed"), 0)
+    for _ in range(2):
+        short, _ = await download(client, attachment_id, tenant.auth(), expires_in="239")
+        assert parse_qs(urlsplit(short.headers["Location"]).query)["X-Amz-Expires"] == ["239"]
+    assert presigns[("GET", "signed")] == signed + 2
+    assert presigns.get(("GET", "reused"), 0) > 0  # (the 240 s one was)
+
+
+@pytest.mark.parametrize(
+    "repeated",
+    [
+        [("redirect", "false"), ("redirect", "bogus")],
+        [("expires_in", "60"), ("expires_in", "60")],
+        [("disposition", "inline"), ("disposition", "attachment")],
+    ],
+    ids=["redirect", "expires_in", "disposition"],
+)
+async def test_an_option_given_twice_is_400(client, make_tenant, make_attachment, repeated):
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    for path, query in (
+        (f"/api/v1/attachments/{attachment_id}/download", repeated),
+        ("/api/v1/attachments/download-links", [("id", str(attachment_id)), *repeated]),
+    ):
+        response = await client.get(
+            path, headers=tenant.auth(), params=query, allow_redirects=False
+        )
+        assert_problem(response.status, await response.read(), "invalid_request")
+        assert response.status == 400
 
 
 @pytest.mark.parametrize(

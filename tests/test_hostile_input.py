@@ -9,7 +9,9 @@ import uuid
 
 from service.core.tokens import generate_token
 from service.data.admin import delete_attachment
-from tests.support.http import raw_request
+from service.web.metrics import METRICS
+from tests.support.http import raw_request, send_and_vanish
+from tests.support.waiting import eventually
 
 READ = "read"
 
@@ -203,4 +205,35 @@ async def test_hostile_inputs_get_their_documented_answers(
             assert tenant.read_token not in echoed and "<" not in echoed, name
     assert failures == [], "\n".join(f"{n}: {s} {b[:120]!r}" for n, s, b in failures)
     # The client's mistakes are not the service's errors: nothing logged as one.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_client_gone_in_the_middle_of_its_body_is_not_an_error_of_ours(
+    client, make_tenant, make_attachment, caplog
+):
+    """aiohttp lets the handler run on after the connection drops and fails its next read
+    of the body: that is the client's doing, answered (to nobody) as a 400, not a 500
+    logged with its traceback."""
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    counts = client.app[METRICS].counts.requests
+
+    def answered(method: str) -> int:
+        return sum(n for (_, seen, _), n in counts.items() if seen == method)
+
+    for method, path in (
+        ("POST", "/api/v1/attachments"),
+        ("PATCH", f"/api/v1/attachments/{attachment_id}"),
+    ):
+        head = request(
+            method,
+            path,
+            bearer(tenant.write_token),
+            b"Content-Type: application/json",
+            b"Content-Length: 1000",
+        )
+        before = answered(method)
+        await send_and_vanish(client.host, client.port, head + b'{"filename": "a')
+        await eventually(lambda method=method, before=before: answered(method) > before)
+        assert {status for (_, seen, status) in counts if seen == method} == {400}, counts
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -113,6 +113,20 @@ async def test_readyz_with_every_pool_connection_busy_stays_ready(serve_app, set
         }
 
 
+async def test_a_flood_of_readiness_probes_costs_the_pool_one_connection(serve_app, settings):
+    """/readyz is public and unlimited: probes that arrive while one is asking the
+    database share its answer, instead of taking every connection downloads need."""
+    pooled = replace(settings, db_pool_min_size=1, db_pool_max_size=8)
+    client = await serve_app(create_app(pooled))
+    pool = client.app[DATABASE].pool
+    assert pool.get_size() == 1
+    answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+    assert [answer.status for answer in answers] == [200] * 50
+    # (The invalidation listener's probe, sent through this pool every 2 s, may have
+    # needed a second; one probe each took all eight.)
+    assert pool.get_size() <= 2
+
+
 async def test_readyz_names_what_is_missing(serve_app, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from dataclasses import replace
 
 import aiohttp
@@ -20,7 +21,8 @@ from service.core.tokens import digest, generate_token
 from service.data.admin import key_is_live, revoke_key
 from service.web.app import create_app
 from service.web.caches import CACHES
-from tests.support.http import assert_problem
+from service.web.metrics import METRICS
+from tests.support.http import assert_problem, send_and_vanish
 from tests.support.rate_limits import assert_rate_limited
 from tests.support.secrets_in_logs import SECRETS_IN_LOGS, SUITE_LOG_CHECK
 from tests.support.waiting import eventually
@@ -431,3 +433,21 @@ async def test_no_reported_token_reaches_any_log_line(scanning, make_tenant):
     for line in lines:
         assert not SECRETS_IN_LOGS.search(line), line
         assert tenant.read_token not in line, line
+
+
+async def test_a_reporter_gone_in_the_middle_of_its_body_is_not_an_error_of_ours(scanning, caplog):
+    counts = scanning.app[METRICS].counts.requests
+    head = "\r\n".join(
+        [
+            f"POST {PATH} HTTP/1.1",
+            "Host: test",
+            *(f"{name}: {value}" for name, value in signed(b"[]").items()),
+            "Content-Length: 1000",
+            "",
+            "",
+        ]
+    )
+    await send_and_vanish(scanning.host, scanning.port, head.encode() + b'[{"token": "ixk_')
+    await eventually(lambda: any(method == "POST" for (_, method, _) in counts))
+    assert {status for (_, method, status) in counts if method == "POST"} == {400}, counts
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

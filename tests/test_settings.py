@@ -72,6 +72,9 @@ def test_the_public_endpoint_is_what_gets_signed():
         ("RATE_LIMIT_BACKEND", "memcached"),
         # With the backend left local, each replica would grant the limits anew, silently.
         ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        # The column refuses these: every upload's INSERT would have been a 500.
+        ("S3_DEFAULT_BUCKET", "ab"),
+        ("S3_DEFAULT_BUCKET", "b" * 64),
     ],
 )
 def test_bad_values_name_the_setting(name, value):
@@ -139,3 +142,12 @@ def test_metrics_need_a_port_of_their_own_once_the_served_port_is_known():
     with pytest.raises(SettingsError, match="METRICS_PORT must differ"):
         settings.check_listeners()
     replace(settings, port=9000).check_listeners()
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "reuse", "window"),
+    [("900", "60", 60), ("240", "60", 60), ("239", "60", 0), ("60", "60", 0), ("900", "0", 0)],
+)
+def test_urls_are_reused_only_if_three_quarters_of_their_lifetime_remain(lifetime, reuse, window):
+    settings = Settings.from_env({"PRESIGN_EXPIRES_SECONDS": lifetime, "URL_REUSE_SECONDS": reuse})
+    assert settings.url_reuse_window == window

@@ -142,6 +142,8 @@ async def test_requests_waiting_on_a_batch_that_times_out_fall_back_with_it(repl
     (first,), tenant, attachment_id = await replicas(count=1, redis_timeout_seconds=0.5)
     assert (await download(first, attachment_id, tenant.auth()))[0].status == 307  # connected
     cli = REDIS_SERVER.replace("redis-server", "redis-cli")
+    shared = first.app[RATE_LIMITS].shared
+    fallbacks_before = shared.fallbacks
     sleeper = subprocess.Popen([cli, "-p", str(redis_server.port), "DEBUG", "SLEEP", "3"])
     try:
         await asyncio.sleep(0.2)
@@ -152,6 +154,8 @@ async def test_requests_waiting_on_a_batch_that_times_out_fall_back_with_it(repl
         waited = time.monotonic() - started
         assert response.status == 307 and (await in_flight)[0].status == 307
         assert waited < 0.5  # the first batch's 0.3 s left, not that and 0.5 s more
+        # Both fell back: Redis was silent for them, not merely fast.
+        assert shared.fallbacks - fallbacks_before == 2
     finally:
         sleeper.wait(10)
 

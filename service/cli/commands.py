@@ -26,7 +26,12 @@ from ..core.errors import (
 )
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.settings import Settings
-from ..core.text import MAX_FILENAME_CHARS, is_storable_filename
+from ..core.text import (
+    BUCKET_CHARS,
+    MAX_FILENAME_CHARS,
+    is_storable_bucket,
+    is_storable_filename,
+)
 from ..data import admin, pool
 from ..data import purge as purging
 from ..data.migrations import apply_migrations
@@ -303,6 +308,14 @@ def _filename(filename: str) -> str:
     return filename
 
 
+def _bucket(bucket: str) -> str:
+    if not is_storable_bucket(bucket):
+        raise UsageError(
+            f"a bucket's name is {BUCKET_CHARS.start} to {BUCKET_CHARS.stop - 1} characters"
+        )
+    return bucket
+
+
 def _content_type(value: str | None, filename: str) -> str:
     content_type = value or mimetypes.guess_type(filename)[0] or DEFAULT_CONTENT_TYPE
     if not is_media_type(content_type):
@@ -319,7 +332,7 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
         raise UsageError(f"{path} is not a readable file")
     filename = _filename(args.filename or path.name)
     content_type = _content_type(args.content_type, filename)
-    bucket = args.bucket or settings.s3_default_bucket
+    bucket = _bucket(args.bucket or settings.s3_default_bucket)
     attachment_id = uuid.uuid4()
     object_key = f"{workspace_id}/{attachment_id}"
     async with connect(settings) as conn:
@@ -353,6 +366,7 @@ async def attachment_add(settings: Settings, args: argparse.Namespace) -> Result
 async def attachment_register(settings: Settings, args: argparse.Namespace) -> Result:
     workspace_id = parse_uuid(args.workspace, "workspace")
     content_type = _content_type(args.content_type, _filename(args.filename))
+    _bucket(args.bucket)
     if args.size is not None and args.size < 0:
         raise UsageError("--size must not be negative")
     async with connect(settings) as conn:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
+from .negotiation import weights
 
 # Ids one request for download links may name: 100 canonical ids ("id=<36>&" each) fit
 # well inside aiohttp's 8,190-byte request line.
@@ -49,6 +50,7 @@ def parse_download_options(
     expires_in = None
     inline = False
     if query is not None:
+        query = single_options(query)
         redirect = query.get("redirect")
         if redirect is not None:
             if redirect not in ("true", "false"):
@@ -71,12 +73,32 @@ def parse_download_options(
     return DownloadOptions(as_json, expires_in, inline)
 
 
+OPTION_NAMES = frozenset({"redirect", "expires_in", "disposition"})
+
+
+def single_options(query: Mapping[str, str]) -> dict[str, str]:
+    """The options of `query`, each given once: a name given twice (`?redirect=false&
+    redirect=true`) is refused, where taking either value would guess what was meant.
+    (A query's `items()` holds every pair, repeated names included.)"""
+    options: dict[str, str] = {}
+    for name, value in query.items():
+        if name in OPTION_NAMES:
+            if name in options:
+                raise InvalidRequest(name)
+            options[name] = value
+    return options
+
+
 def wants_json(accept: str | None) -> bool:
-    """`Accept` names application/json and not `*/*` (a browser's Accept always has it)."""
-    if not accept or "json" not in accept:
+    """`Accept` admits application/json (in any case, weight above 0) and not `*/*` (a
+    browser's Accept always has it)."""
+    if not accept:
         return False
-    ranges = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
-    return "application/json" in ranges and "*/*" not in ranges
+    accept = accept.lower()
+    if "json" not in accept:  # curl's and most clients' `*/*`: nothing to parse
+        return False
+    ranges = weights(accept)
+    return ranges.get("application/json", 0.0) > 0 and ranges.get("*/*", 0.0) <= 0
 
 
 def may_be_inline(content_type: str) -> bool:

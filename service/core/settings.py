@@ -15,6 +15,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from .secret_scanning import PublicKeys, load_public_keys
+from .text import BUCKET_CHARS, is_storable_bucket
 
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -32,6 +33,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ORIGIN = re.compile(
     r"(?P<scheme>https?)://(?:(?P<name>[a-z0-9.\-]+)|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?"
 )
+
+
+# A URL is handed out again only if it lives at least this many reuse windows: whoever
+# gets it then still has three quarters of the lifetime the URL was asked for.
+LIFETIME_PER_REUSE_WINDOW = 4
+
+
+def reusable_for(lifetime: float, reuse_window: float) -> bool:
+    """Whether a URL of `lifetime` seconds may be reused for `reuse_window` seconds."""
+    return reuse_window > 0 and lifetime >= LIFETIME_PER_REUSE_WINDOW * reuse_window
 
 
 class SettingsError(ValueError):
@@ -123,6 +134,9 @@ class Settings:
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
 
     def __post_init__(self) -> None:
+        if not is_storable_bucket(self.s3_default_bucket):
+            lengths = f"{BUCKET_CHARS.start} to {BUCKET_CHARS.stop - 1}"
+            raise SettingsError(f"S3_DEFAULT_BUCKET must be {lengths} characters")
         if not 1 <= self.presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
             raise SettingsError(f"PRESIGN_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}")
         if not 1 <= self.presign_max_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
@@ -247,8 +261,9 @@ class Settings:
 
     @property
     def url_reuse_window(self) -> int:
-        """Seconds a URL may be handed out again; never as long as its whole lifetime."""
-        if self.url_reuse_seconds >= self.presign_expires_seconds:
+        """Seconds a URL may be handed out again: 0 when URLs of the default lifetime
+        would fall too short for it (`reusable_for`)."""
+        if not reusable_for(self.presign_expires_seconds, self.url_reuse_seconds):
             return 0
         return self.url_reuse_seconds
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 MAX_FILENAME_CHARS = 1024  # the column's CHECK
+BUCKET_CHARS = range(3, 64)  # the column's CHECK, and S3's rule for a bucket's name
 # Control characters (C0, DEL, C1) have no place in a file's name.
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -26,3 +27,9 @@ def is_storable_filename(filename: str) -> bool:
         and CONTROL_CHARACTER.search(filename) is None
         and is_utf8(filename)
     )
+
+
+def is_storable_bucket(bucket: str) -> bool:
+    """A bucket's name as the column takes it: 3 to 63 characters. (S3 itself may refuse
+    more; that is its answer to give, but a row the column refuses would be a 500.)"""
+    return len(bucket) in BUCKET_CHARS

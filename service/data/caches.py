@@ -117,9 +117,9 @@ class HotPathCaches:
     keys: TTLCache[bytes, Principal | None]  # token digest -> key, or None: no such live key
     # Attachments by canonical id text (as in the URL: no parsing on a hit), each with the
     # answer for every workspace that asked lately: id -> ((workspace id as an int, target
-    # as a tuple, or None), ...), plain tuples of strings and numbers (see
-    # `remember_attachment`), the latest asker first.
-    attachments: TTLCache[str, tuple[tuple[int, tuple[Any, ...] | None], ...]]
+    # as a tuple or None, until when that None holds), ...), plain tuples of strings and
+    # numbers (see `remember_attachment`), the latest asker first.
+    attachments: TTLCache[str, tuple[tuple[int, tuple[Any, ...] | None, float], ...]]
     # (attachment id, method, *variant) -> PresignedUrl as a plain tuple
     urls: TTLCache[tuple[Any, ...], tuple[Any, ...]]
     live: bool = False
@@ -152,27 +152,47 @@ class HotPathCaches:
         if cached is MISSING:
             return MISSING
         workspace = workspace_id.int
-        for asker, plain in cached:
+        for asker, plain, refused_until in cached:
             if asker == workspace:
-                return AttachmentTarget._make(plain) if plain is not None else None
+                if plain is not None:
+                    return AttachmentTarget._make(plain)
+                return None if time.monotonic() < refused_until else MISSING
         # Cached for another workspace's callers only: that says nothing about this one.
         return MISSING
 
     def remember_attachment(
         self, attachment_id: str, workspace_id: uuid.UUID, target: AttachmentTarget | None
     ) -> None:
-        """Store one workspace's answer beside the others' (one entry per id, so that
-        `forget_attachment` drops them all), never in their place. Answers that displaced
-        each other would let a caller asking again for another tenant's id find its own
-        answer gone whenever the owner had downloaded that id meanwhile: timing its own
-        requests, it would learn that the id exists and is in use."""
+        """Store one workspace's answer beside the others' (one entry per id), never in
+        their place. Answers that displaced each other would let a caller asking again for
+        another tenant's id find its own answer gone whenever the owner had downloaded that
+        id meanwhile: timing its own requests, it would learn that the id exists and is in
+        use.
+
+        For the same reason a None ("no such attachment here") lives its own TTL from when
+        it was looked up, as a missing id's does: the entry's renewals, which the owner's
+        downloads bring about, do not lengthen it (`renew_attachments` leaves it be), and
+        the owner's changes do not end it (`forget_attachment`)."""
         workspace = workspace_id.int
-        answer = (workspace, tuple(target) if target is not None else None)
+        now = time.monotonic()
+        if target is None:
+            answer: tuple[int, tuple[Any, ...] | None, float] = (
+                workspace,
+                None,
+                now + self.attachments.ttl,
+            )
+        else:
+            answer = (workspace, tuple(target), 0.0)
         cached = self.attachments.peek(attachment_id)
         if cached is MISSING:
             self.attachments.put(attachment_id, (answer,))
             return
-        others = [kept for kept in cached if kept[0] != workspace]
+        # (A None past its end is dropped here, not kept to crowd out live answers.)
+        others = [
+            kept
+            for kept in cached
+            if kept[0] != workspace and (kept[1] is not None or kept[2] > now)
+        ]
         if len(others) >= ASKERS_PER_ATTACHMENT:
             # The oldest "no such attachment" goes: never the owner's answer, or askers
             # from a few workspaces could evict it as one would have.
@@ -202,9 +222,19 @@ class HotPathCaches:
 
     def forget_attachment(self, attachment_id: str) -> None:
         """The attachment changed: drop it and its plain URLs, and let no lookup under way
-        store what it read before the change."""
+        store what it read before the change.
+
+        Its None answers stay, each until its own end: a change cannot make them wrong (an
+        attachment never moves to another workspace, nobody can ask for its id before its
+        row exists, and a deleted one never comes back), and dropping them would let their
+        askers time the owner's changes."""
         self.generation += 1
+        cached = self.attachments.peek(attachment_id)
         self.attachments.pop(attachment_id)
+        if cached is not MISSING:
+            refusals = tuple(kept for kept in cached if kept[1] is None)
+            if refusals:
+                self.attachments.put(attachment_id, refusals)
         for method in ("GET", "HEAD"):
             self.urls.pop((attachment_id, method))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..core.negotiation import weights
 from .config import Handler
 
 DOCS_PATH = "/api/v1/docs"
@@ -108,22 +109,10 @@ def docs_page() -> DocsPage:
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether `Accept-Encoding` admits gzip (RFC 9110 §12.5.3): named, or `*`, with a
     weight above 0, in any case; `gzip;q=0` refuses it."""
-    weights: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        coding, *parameters = (part.strip() for part in item.split(";"))
-        weight = 1.0
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
-        if coding:
-            weights[coding.lower()] = weight
+    codings = weights(accept_encoding)
     # RFC 9110 §8.4.1.3: x-gzip is gzip.
-    named = weights.get("gzip", weights.get("x-gzip"))
-    return (named if named is not None else weights.get("*", 0.0)) > 0
+    named = codings.get("gzip", codings.get("x-gzip"))
+    return (named if named is not None else codings.get("*", 0.0)) > 0
 
 
 def docs_handlers() -> dict[str, Handler]:

@@ -16,7 +16,7 @@ from .cors import CorsPolicy, cors_middleware
 from .database import attachment_lookups_context, database_context
 from .downloads import download
 from .errors import error_middleware
-from .health import SCHEMA_CHECK, SchemaCheck, healthz, openapi_handler, readyz
+from .health import DATABASE_CHECK, DatabaseCheck, healthz, openapi_handler, readyz
 from .limits import RATE_LIMITS, RateLimits, shared_limits_context
 from .links import download_links
 from .logs import flush_logs_context, install_log_safety
@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CACHES] = create_caches(settings)
     app[METRICS] = create_metrics(app)
     app[REQUEST_IDS] = RequestIds()
-    app[SCHEMA_CHECK] = SchemaCheck(settings.migrations_dir)
+    app[DATABASE_CHECK] = DatabaseCheck(settings.migrations_dir)
     app[RATE_LIMITS] = RateLimits(
         (settings.rate_limit_per_key, settings.rate_limit_burst_per_key),
         (settings.rate_limit_per_workspace, settings.rate_limit_burst_per_workspace),

@@ -38,7 +38,7 @@ from .caches import CACHES
 from .config import SETTINGS
 from .database import DATABASE
 from .downloads import UPLOAD_PENDING_RETRY_SECONDS
-from .problems import Problem
+from .problems import BODY_NOT_WHOLE, Problem
 from .storage import READ_BACKS, STORAGE
 
 DEFAULT_PAGE_SIZE = 50
@@ -139,8 +139,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.read())
     # RecursionError: `[[[[...` nested deeper than the parser goes, well inside the body limit.
-    # RequestPayloadError: a `Content-Encoding` body that does not decompress.
-    except (ValueError, RecursionError, web.RequestPayloadError):
+    except (ValueError, RecursionError, *BODY_NOT_WHOLE):
         raise InvalidRequest("body") from None  # (UnicodeDecodeError is a ValueError)
     if not isinstance(data, dict):
         raise InvalidRequest("body")

@@ -89,7 +89,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # traceback, and keep the request alive until the collector ran.
         raise recorded_failure(request, principal, error) from error
     if audited:
-        record_download(request, principal, "issued", response.status, request.get(ISSUED_UNTIL))
+        issued_until = request.get(ISSUED_UNTIL)
+        if issued_until is not None:  # (None: a HEAD of the JSON link, which sends no URL)
+            record_download(request, principal, "issued", response.status, issued_until)
     return response
 
 

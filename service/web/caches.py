@@ -148,8 +148,11 @@ async def renew_attachments(
     for attachment_id in attachment_ids:
         cached = caches.attachments.peek(attachment_id)
         if cached is not MISSING:
-            for workspace, _ in reversed(cached):  # (stored back in the same order)
-                askers[uuid.UUID(attachment_id), uuid.UUID(int=workspace)] = attachment_id
+            # The targets only: a None ends when it would for a missing id (see
+            # `remember_attachment`).
+            for workspace, target, _ in reversed(cached):  # (stored back in the same order)
+                if target is not None:
+                    askers[uuid.UUID(attachment_id), uuid.UUID(int=workspace)] = attachment_id
     generation = caches.generation
     found = await lookups.find_many(list(askers))
     if caches.may_store(generation):

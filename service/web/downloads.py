@@ -11,6 +11,7 @@ from aiohttp import web
 from ..core.attachment import AttachmentTarget, PresignedUrl
 from ..core.ids import canonical_uuid
 from ..core.options import PLAIN, DownloadOptions, parse_download_options
+from ..core.settings import reusable_for
 from ..data.caches import MISSING, Missing
 from .audit import ISSUED_UNTIL
 from .auth import PREFETCHED, PRINCIPAL
@@ -84,8 +85,8 @@ async def presigned_url(
         counts.count_presign(method, "shortened")
         return presigned
     counts.count_presign(method, "signed")
-    # A URL asked to live no longer than the reuse window would expire in the cache.
-    reusable = options.expires_in is None or options.expires_in > caches.urls.ttl
+    # (The default lifetime was judged once: the window is 0 where it falls short.)
+    reusable = options.expires_in is None or reusable_for(options.expires_in, caches.urls.ttl)
     if reusable and caches.may_store(read_at):
         caches.remember_url(attachment_id, method, presigned, variant)
     return presigned
@@ -108,9 +109,12 @@ async def download(request: web.Request) -> web.Response:
     if target.pending:
         raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
     presigned = await presigned_url(request, attachment_id, target, read_at, options)
-    request[ISSUED_UNTIL] = presigned.expires_at_us
     if options.as_json:
+        # The URL travels in the body, which the answer to a HEAD leaves out: none issued.
+        if request.method != "HEAD":
+            request[ISSUED_UNTIL] = presigned.expires_at_us
         return link_response(request.method, target, presigned)
+    request[ISSUED_UNTIL] = presigned.expires_at_us
     # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through
     # yarl and break the signature (aio-libs/aiohttp#4307). The body, {"expires_at"},
     # leaves the URL out so that its signature only ever travels in the one header.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -22,27 +23,53 @@ log = logging.getLogger(__name__)
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
-class SchemaCheck:
-    """The migrations this build ships that the database was not yet seen to hold.
+BUSY = "busy: every pool connection in use"
+
+
+class DatabaseCheck:
+    """The database's part of readiness: it answers, and holds this build's migrations.
 
     A pod of a new release is not ready until its migrations ran (the migrate Job may
     still be running, or may have failed): without this it would serve the new code
-    against the old schema. Once all are seen, never asked again (migrations only ever
-    add)."""
+    against the old schema. Once all are seen, the schema is never asked again
+    (migrations only ever add).
+
+    /readyz is public and unlimited, so its queries run one at a time: probes that come
+    while one is under way share its answer, and a flood of them costs the pool that
+    downloads use one connection, never all of them."""
 
     def __init__(self, directory: Path) -> None:
         self.pending = shipped_migrations(directory)
         if not self.pending:
             log.warning("no migrations found in %s: /readyz does not check the schema", directory)
+        self._under_way: asyncio.Future[tuple[str, str]] | None = None
 
-    async def missing(self, database: Database) -> list[str]:
+    async def states(self, database: Database) -> tuple[str, str]:
+        """The database's state and the schema's, as /readyz names them."""
+        if self._under_way is None or self._under_way.done():
+            self._under_way = asyncio.ensure_future(self._ask(database))
+        # Shielded: a probe that goes away must not cancel the others' answer.
+        return await asyncio.shield(self._under_way)
+
+    async def _ask(self, database: Database) -> tuple[str, str]:
+        try:
+            await database.fetchrow("SELECT 1")
+            if self.pending:
+                applied = await applied_versions(database)
+                self.pending = {v: name for v, name in self.pending.items() if v not in applied}
+        except DatabaseUnavailable:
+            # Every connection busy answering downloads is the overload every instance
+            # shares, like storage's outage: out of rotation, its load would only move to
+            # the others, and its warm downloads (no query) would stop too.
+            state = BUSY if database.saturated else "unreachable"
+            # Seen whole before, it stays so (migrations only add); else it cannot be told.
+            return state, "unknown" if self.pending else "ok"
         if self.pending:
-            applied = await applied_versions(database)
-            self.pending = {v: name for v, name in self.pending.items() if v not in applied}
-        return sorted(self.pending.values())
+            return "ok", f"migrations not applied: {', '.join(sorted(self.pending.values()))}"
+        return "ok", "ok"
 
 
-SCHEMA_CHECK = web.AppKey("schema_check", SchemaCheck)
+DATABASE_CHECK = web.AppKey("database_check", DatabaseCheck)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -50,27 +77,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-BUSY = "busy: every pool connection in use"
-
-
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and holds this build's migrations, and storage is
     configured (reachable or not); else 503 with the reasons."""
-    checks = {"database": "ok", "schema": "ok", "storage": "ok"}
-    database = request.app[DATABASE]
-    try:
-        await database.fetchrow("SELECT 1")
-        missing = await request.app[SCHEMA_CHECK].missing(database)
-    except DatabaseUnavailable:
-        # Every connection busy answering downloads is the overload every instance shares,
-        # like storage's outage below: out of rotation, its load would only move to the
-        # others, and its warm downloads (no query) would stop too.
-        checks["database"] = BUSY if database.saturated else "unreachable"
-        # Seen whole before, it stays so (migrations only add); else it cannot be told now.
-        checks["schema"] = "unknown" if request.app[SCHEMA_CHECK].pending else "ok"
-    else:
-        if missing:
-            checks["schema"] = f"migrations not applied: {', '.join(missing)}"
+    database, schema = await request.app[DATABASE_CHECK].states(request.app[DATABASE])
+    checks = {"database": database, "schema": schema, "storage": "ok"}
     listener = request.app.get(LISTENER_STATUS)
     if listener is not None and listener.undelivered:
         # The caches are off, so answers stay right, only slower: still ready.
@@ -84,7 +95,7 @@ async def readyz(request: web.Request) -> web.Response:
     # answers downloads 503 itself, and taking them all out of the load balancer would
     # only swap that answer for a connection error. Without its database it is not.
     # Busy is ready only where the schema was already seen whole: it cannot be asked now.
-    database_ok = checks["database"] in ("ok", BUSY) and checks["schema"] == "ok"
+    database_ok = database in ("ok", BUSY) and schema == "ok"
     if database_ok and checks["storage"] in ("ok", "unreachable"):
         return web.json_response({"status": "ready", "checks": checks})
     return web.json_response(

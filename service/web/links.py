@@ -111,9 +111,11 @@ async def download_links(request: web.Request) -> web.Response:
         raise
     except GatewayError as error:  # (raised from the call, never held: see auth_middleware)
         raise refuse_batch(request, principal, ids, problem_for_error(error)) from error
-    # Recorded only now: an id's "issued" row is a URL its caller was sent.
-    for raw_id, outcome, status, issued_until in outcomes:
-        record(request, principal, raw_id, outcome, status, issued_until)
+    # Recorded only now: an id's "issued" row is a URL its caller was sent. The answer to
+    # a HEAD sends no item at all, so it leaves no row.
+    if request.method != "HEAD":
+        for raw_id, outcome, status, issued_until in outcomes:
+            record(request, principal, raw_id, outcome, status, issued_until)
     return web.Response(body=json.dumps({"items": items}).encode(), content_type="application/json")
 
 

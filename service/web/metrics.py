@@ -230,7 +230,8 @@ class RuntimeCollector(Collector):
             written = CounterMetricFamily("gateway_audit_written", "Audit rows written.")
             written.add_metric([], trail.written)
             dropped = CounterMetricFamily(
-                "gateway_audit_dropped", "Audit rows dropped: the queue was full."
+                "gateway_audit_dropped",
+                "Audit rows dropped: the queue was full, or Postgres refused their batch.",
             )
             dropped.add_metric([], trail.dropped)
             queued = GaugeMetricFamily("gateway_audit_queued", "Audit rows waiting to be written.")

@@ -100,6 +100,13 @@ class Problem(Exception):
             self.headers["Retry-After"] = str(retry_after())
 
 
+# What reading a request's body raises when the body does not arrive whole: a
+# `Content-Encoding` that does not decompress, or the client gone mid-body (aiohttp lets
+# the handler run on and fails its next read). The client's doing: invalid_request, never
+# the logged 500 of a bug of ours.
+BODY_NOT_WHOLE = (web.RequestPayloadError, ConnectionResetError)
+
+
 def unauthorized(challenge: str, reason: str) -> Problem:
     return Problem("unauthorized", {"WWW-Authenticate": challenge}, reason)
 

@@ -26,7 +26,7 @@ from .config import SETTINGS
 from .database import DATABASE
 from .forwarded import find_client_address
 from .limits import RATE_LIMITS
-from .problems import Problem
+from .problems import BODY_NOT_WHOLE, Problem
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,6 @@ async def capped_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise Problem("payload_too_large")
             chunks.append(chunk)
-    except web.RequestPayloadError:  # a `Content-Encoding` body that does not decompress
+    except BODY_NOT_WHOLE:
         raise Problem("invalid_request") from None
     return b"".join(chunks)

@@ -136,7 +136,7 @@ async def test_revoked_under_load_on_two_instances(database_url, start_gateway):
                 if kill_listeners_first:
                     await conn.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = $1",
+                        "WHERE application_name = $1 AND datname = current_database()",
                         APPLICATION_NAME,
                     )
                 await revoke_key(conn, key.id)

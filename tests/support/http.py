@@ -42,6 +42,18 @@ async def raw_request(host: str, port: int, request: bytes) -> RawResponse:
     return RawResponse(int(status_line.split()[1]), headers, body)
 
 
+async def send_and_vanish(host: str, port: int, request: bytes) -> None:
+    """Send `request` (its body shorter than its Content-Length) and close the connection
+    once the server is reading the body, as a client does that gives up in its middle.
+    (Gone sooner, before the server took the request up, it would never be handled.)"""
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(request)
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.close()
+    await writer.wait_closed()
+
+
 def raw_get(path: str, *header_lines: bytes) -> bytes:
     lines = [b"GET " + path.encode() + b" HTTP/1.1", b"Host: test", b"Connection: close"]
     return b"\r\n".join([*lines, *header_lines, b"", b""])

@@ -25,6 +25,9 @@ class Gateway:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args],
                 env=env,
+                # Beside its log, not in the checkout: a developer's .env there would
+                # give it settings the test did not choose.
+                cwd=log.parent,
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
@@ -51,7 +54,12 @@ class Gateway:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(20)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # a failed test must not leave it running
+            self.process.wait()
+            raise
 
 
 async def metric(gateway: Gateway, name: str) -> float:

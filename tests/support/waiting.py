@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -37,7 +37,7 @@ async def changes_heard(conn: asyncpg.Connection, caches: HotPathCaches) -> None
     change before it has been too, and none of them can overtake a lookup started after
     (which would rightly keep the lookup's answer, or a URL signed from it, out of the
     caches)."""
-    marker = str(uuid.uuid4())
-    caches.remember_attachment(marker, uuid.uuid4(), None)
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"attachment:{marker}")
-    await eventually(lambda: caches.attachments.peek(marker) is MISSING)
+    marker = secrets.token_bytes(32)  # a token digest no key has
+    caches.keys.put(marker, None)
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"key:{marker.hex()}")
+    await eventually(lambda: caches.keys.peek(marker) is MISSING)
