@@ -31,6 +31,7 @@ Miss = Literal[Missing.MISSING]
 # the latest few who asked for an id not theirs (each got "no such attachment", looked up
 # once, as for a missing id).
 ASKERS_PER_ATTACHMENT = 4
+REFUSALS_PER_ATTACHMENT = ASKERS_PER_ATTACHMENT - 1
 
 
 class TTLCache(Generic[K, V]):
@@ -193,11 +194,12 @@ class HotPathCaches:
             for kept in cached
             if kept[0] != workspace and (kept[1] is not None or kept[2] > now)
         ]
-        if len(others) >= ASKERS_PER_ATTACHMENT:
-            # The oldest "no such attachment" goes: never the owner's answer, or askers
-            # from a few workspaces could evict it as one would have.
-            oldest_refusal = next((kept for kept in reversed(others) if kept[1] is None), None)
-            others.remove(oldest_refusal or others[-1])
+        refusals = [kept for kept in others if kept[1] is None]
+        if target is None and len(refusals) >= REFUSALS_PER_ATTACHMENT:
+            # The oldest "no such attachment" goes, never the owner's answer (or askers
+            # from a few workspaces could evict it as one would have); and whether the
+            # owner's is cached plays no part, or the askers could time the owner by it.
+            others.remove(refusals[-1])
         self.attachments.put(attachment_id, (answer, *others))
 
     def url(

@@ -153,6 +153,8 @@ async def renew_attachments(
             for workspace, target, _ in reversed(cached):  # (stored back in the same order)
                 if target is not None:
                     askers[uuid.UUID(attachment_id), uuid.UUID(int=workspace)] = attachment_id
+    if not askers:
+        return
     generation = caches.generation
     found = await lookups.find_many(list(askers))
     if caches.may_store(generation):

@@ -101,10 +101,10 @@ class Problem(Exception):
 
 
 # What reading a request's body raises when the body does not arrive whole: a
-# `Content-Encoding` that does not decompress, or the client gone mid-body (aiohttp lets
-# the handler run on and fails its next read). The client's doing: invalid_request, never
-# the logged 500 of a bug of ours.
-BODY_NOT_WHOLE = (web.RequestPayloadError, ConnectionResetError)
+# `Content-Encoding` that does not decompress, or the connection lost mid-body (aiohttp
+# lets the handler run on and fails its next read with the transport's error, a reset or
+# any other OSError). The client's doing: invalid_request, never the logged 500 of a bug.
+BODY_NOT_WHOLE = (web.RequestPayloadError, OSError)
 
 
 def unauthorized(challenge: str, reason: str) -> Problem:
