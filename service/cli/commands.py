@@ -27,7 +27,7 @@ from ..core.errors import (
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.settings import Settings
 from ..core.text import (
-    BUCKET_CHARS,
+    BUCKET_RULE,
     MAX_FILENAME_CHARS,
     is_storable_bucket,
     is_storable_filename,
@@ -310,9 +310,7 @@ def _filename(filename: str) -> str:
 
 def _bucket(bucket: str) -> str:
     if not is_storable_bucket(bucket):
-        raise UsageError(
-            f"a bucket's name is {BUCKET_CHARS.start} to {BUCKET_CHARS.stop - 1} characters"
-        )
+        raise UsageError(f"a bucket's name is {BUCKET_RULE}")
     return bucket
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from .secret_scanning import PublicKeys, load_public_keys
-from .text import BUCKET_CHARS, is_storable_bucket
+from .text import BUCKET_RULE, is_storable_bucket
 
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -135,8 +135,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not is_storable_bucket(self.s3_default_bucket):
-            lengths = f"{BUCKET_CHARS.start} to {BUCKET_CHARS.stop - 1}"
-            raise SettingsError(f"S3_DEFAULT_BUCKET must be {lengths} characters")
+            raise SettingsError(f"S3_DEFAULT_BUCKET must be {BUCKET_RULE}")
         if not 1 <= self.presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:
             raise SettingsError(f"PRESIGN_EXPIRES_SECONDS must be 1..{MAX_PRESIGN_EXPIRES_SECONDS}")
         if not 1 <= self.presign_max_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS:

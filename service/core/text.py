@@ -6,6 +6,7 @@ import re
 
 MAX_FILENAME_CHARS = 1024  # the column's CHECK
 BUCKET_CHARS = range(3, 64)  # the column's CHECK, and S3's rule for a bucket's name
+BUCKET_RULE = f"{BUCKET_CHARS.start} to {BUCKET_CHARS.stop - 1} characters"
 # Control characters (C0, DEL, C1) have no place in a file's name.
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

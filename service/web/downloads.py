@@ -109,12 +109,12 @@ async def download(request: web.Request) -> web.Response:
     if target.pending:
         raise Problem("upload_pending", {"Retry-After": str(UPLOAD_PENDING_RETRY_SECONDS)})
     presigned = await presigned_url(request, attachment_id, target, read_at, options)
+    # A JSON link's URL travels in the body, which the answer to a HEAD leaves out: then
+    # none is issued.
+    if not options.as_json or request.method != "HEAD":
+        request[ISSUED_UNTIL] = presigned.expires_at_us
     if options.as_json:
-        # The URL travels in the body, which the answer to a HEAD leaves out: none issued.
-        if request.method != "HEAD":
-            request[ISSUED_UNTIL] = presigned.expires_at_us
         return link_response(request.method, target, presigned)
-    request[ISSUED_UNTIL] = presigned.expires_at_us
     # Location is set verbatim: HTTPTemporaryRedirect would re-quote the URL through
     # yarl and break the signature (aio-libs/aiohttp#4307). The body, {"expires_at"},
     # leaves the URL out so that its signature only ever travels in the one header.
