@@ -18,12 +18,14 @@ from service.storage.signer import BucketPrefix, QuerySigner
 
 # Nothing is sent anywhere: signing needs only some key.
 CREDENTIALS = SimpleNamespace(access_key="AKIAEXAMPLE", secret_key="example", token=None)  # noqa: S106
-PREFIX = BucketPrefix("http://127.0.0.1:9/attachments/", "/attachments/", "127.0.0.1:9")
+PREFIX = BucketPrefix(
+    "http://127.0.0.1:9/attachments/", "/attachments/", "127.0.0.1:9", "us-east-1/s3/aws4_request"
+)
 ROUNDS = 20_000
 
 
 def main() -> None:
-    signer = QuerySigner(None, None, "us-east-1")
+    signer = QuerySigner(None, None)
     numbers = itertools.count()
 
     def cold_download() -> PresignedUrl:

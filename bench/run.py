@@ -585,7 +585,7 @@ async def presign_microbenchmark() -> dict[str, float]:
     async with session.create_client(
         "s3", region_name=REGION, endpoint_url=ENDPOINT, config=config
     ) as client:
-        signer = QuerySigner(client, await session.get_credentials(), REGION)
+        signer = QuerySigner(client, await session.get_credentials())
         await signer.presign("GET", "attachments", "objects/1", response.items(), 900)
         n = 2000
         started = time.perf_counter()

@@ -173,6 +173,29 @@ async def test_removed_entitlement_reaches_every_instance_within_a_second(
     assert await time_to_stop(two_gateways, path, tenant.read_token, 403) < 1.0
 
 
+async def test_a_new_or_renamed_workspace_leaves_the_key_caches_be(
+    client, conn, make_tenant, make_attachment
+):
+    """Every change of a workspace made every gateway forget all its keys; only the API
+    access entitlement is cached with them, and only its changes are announced now."""
+    caches = client.app[CACHES]
+    await eventually(lambda: caches.live, timeout=5)
+    tenant = await make_tenant()
+    path = f"/api/v1/attachments/{await make_attachment(tenant.workspace_id)}/download"
+    response = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+    assert response.status == 307
+    await changes_heard(conn, caches)
+    cached = digest(tenant.read_token)
+    assert caches.keys.peek(cached) is not MISSING
+    other = await make_tenant()  # a new workspace
+    await conn.execute("UPDATE workspaces SET name = 'renamed' WHERE id = $1", other.workspace_id)
+    await changes_heard(conn, caches)
+    assert caches.keys.peek(cached) is not MISSING
+    assert await set_api_access(conn, other.workspace_id, False)  # still announced
+    await changes_heard(conn, caches)
+    assert caches.keys.peek(cached) is MISSING
+
+
 @pytest.mark.slow
 async def test_deleted_attachment_stops_on_every_instance_within_a_second(
     two_gateways, conn, make_tenant, make_attachment
@@ -418,6 +441,19 @@ async def test_concurrent_cold_lookups_share_a_query_and_never_cross_tenants(
 
 
 # What each first request reads the attachment with, and what it asks for.
+def queries_through(settings, slow_dsn):
+    """Settings whose queries go through a (slow) proxy, with waits long enough for it;
+    the listener does not, so that a change is heard at once."""
+    return replace(
+        settings,
+        database_url=slow_dsn,
+        database_direct_url=settings.database_url,
+        db_connect_timeout=10,
+        db_acquire_timeout=10,
+        db_statement_timeout=10,
+    )
+
+
 RACES = {
     "download, key cached": ("download", True),
     "download, key read with the attachment": ("download", False),
@@ -440,17 +476,7 @@ async def test_a_url_signed_from_a_row_changed_meanwhile_is_not_handed_out_again
     first_path = download if route == "download" else f"/api/v1/attachments/{route}"
     proxy, slow_dsn = postgres_proxy(database_url)
     async with proxy:
-        # Queries go through the proxy; the listener does not, so the change is heard at once.
-        app = create_app(
-            replace(
-                settings,
-                database_url=slow_dsn.format(port=proxy.port),
-                database_direct_url=database_url,
-                db_connect_timeout=10,
-                db_acquire_timeout=10,
-                db_statement_timeout=10,
-            )
-        )
+        app = create_app(queries_through(settings, slow_dsn.format(port=proxy.port)))
         client = await serve_app(app)
         await eventually(lambda: app[CACHES].live, timeout=5)
         if warm_key:  # then the first request's one query is the attachment's
@@ -490,6 +516,47 @@ async def test_a_url_signed_from_a_row_changed_meanwhile_is_not_handed_out_again
         assert signed_response_headers(response.headers["Location"])[0] == content_disposition(
             "new.txt"
         )
+
+
+async def test_a_change_of_another_row_while_a_lookup_is_under_way_lets_it_store(
+    serve_app, settings, database_url, conn, make_tenant, make_attachment
+):
+    """Any invalidation kept every lookup under way from storing what it read: with
+    uploads and edits going on elsewhere (each notifies), a busy gateway's caches stopped
+    filling. Only a change of what the lookup read keeps it from being stored now."""
+    tenant, elsewhere = await make_tenant(), await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id, filename="mine.txt")
+    unrelated_id = await make_attachment(elsewhere.workspace_id)
+    download = f"/api/v1/attachments/{attachment_id}/download"
+    proxy, slow_dsn = postgres_proxy(database_url)
+    async with proxy:
+        app = create_app(queries_through(settings, slow_dsn.format(port=proxy.port)))
+        client = await serve_app(app)
+        caches = app[CACHES]
+        await eventually(lambda: caches.live, timeout=5)
+        row_read = asyncio.Event()
+        proxy.watch = lambda chunk: b"mine.txt" in chunk and row_read.set()
+        proxy.delay = 0.5
+        first = asyncio.create_task(
+            client.get(download, headers=tenant.auth(), allow_redirects=False)
+        )
+        await asyncio.wait_for(row_read.wait(), 10)
+        generation = caches.generation
+        await conn.execute(
+            "UPDATE attachments SET filename = 'other.txt' WHERE id = $1", unrelated_id
+        )
+        await eventually(lambda: caches.generation > generation, timeout=0.4)
+        assert not first.done()  # the change was heard before the row arrived
+        proxy.delay = 0
+        response = await first
+        assert response.status == 307
+    # The key, the attachment and the URL were all kept: the next download is answered
+    # from memory (the proxy is gone: a query would fail), with the same URL.
+    assert caches.keys.peek(digest(tenant.read_token)) is not MISSING
+    assert caches.attachments.peek(str(attachment_id)) is not MISSING
+    again = await client.get(download, headers=tenant.auth(), allow_redirects=False)
+    assert again.status == 307
+    assert again.headers["Location"] == response.headers["Location"]
 
 
 async def test_asking_for_another_tenants_id_never_displaces_the_owners_answer(

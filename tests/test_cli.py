@@ -272,6 +272,18 @@ def test_a_bucket_name_the_table_would_refuse_is_one_line_and_exit_2(cli, tmp_pa
     assert "a bucket's name is 3 to 63 characters" in refused.stderr
 
 
+@pytest.mark.parametrize("key", ["a/../b", "./x", "..", "x/.", "k" * 1025])
+@pytest.mark.slow
+def test_an_object_key_no_url_could_name_is_refused(cli, key):
+    """Clients resolve `.` and `..` in a URL's path before sending it: the URL presigned
+    for `a/../b` asks for `b`, and S3 refuses its signature."""
+    workspace = as_json(cli("workspace", "create", "Dotted keys", "--json"))["id"]
+    args = ("--workspace", workspace, "--bucket", BUCKET, "--key", key, "--filename", "f")
+    refused = cli("attachment", "register", *args, expect=2)
+    assert "an object key is 1 to 1,024 characters, with no path segment" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("value", ["0", "17", "many"])
 @pytest.mark.slow
 def test_a_bad_parallel_value_is_one_line_and_exit_2(cli, tmp_path, value):

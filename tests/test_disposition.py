@@ -79,6 +79,17 @@ def test_any_filename_gives_a_well_formed_ascii_header(filename):
     assert fallback == fallback.strip(" .")  # never `..`, nor a hidden file's dot
     assert value.count(";") == 2 and value.count("filename*=") == 1
     assert len(unquote(encoded).encode()) <= 255
+    assert len(fallback) <= 255
+
+
+def test_the_ascii_fallback_is_cut_to_255_bytes_too():
+    """Cut to 255 bytes, a name may still grow as its compatibility forms decompose for the
+    ASCII fallback: U+FDFA is one character of 3 bytes and 18 of ASCII."""
+    value = content_disposition("\ufdfa" * 100 + ".txt")
+    fallback, encoded = SHAPE.match(value).groups()
+    assert len(fallback) <= 255 and fallback.endswith(".txt")
+    assert set(fallback.removesuffix(".txt")) == {"_", " "}  # the Arabic words' letters
+    assert len(unquote(encoded).encode()) <= 255
 
 
 def reference_disposition(filename: str) -> str:
@@ -89,7 +100,8 @@ def reference_disposition(filename: str) -> str:
     name = _truncate_utf8(name, 255) if name else "download"
     decomposed = unicodedata.normalize("NFKD", name)
     without_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
-    fallback = re.sub(r'[^\x20-\x7e]|["\\%/;*]', "_", without_marks).strip(" .") or "download"
+    fallback = re.sub(r'[^\x20-\x7e]|["\\%/;*]', "_", without_marks).strip(" .")
+    fallback = _truncate_utf8(fallback, 255) if fallback else "download"
     encoded = quote(name, safe="!#$&+^`|", encoding="utf-8", errors="strict")
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -20,6 +21,7 @@ from service.data.pool import Database
 from service.data.usage import KeyUsage
 from service.devstack.ports import free_port
 from service.web.app import create_app
+from service.web.audit import AUDIT
 from service.web.caches import CACHES
 from service.web.usage import KEY_USAGE
 from tests.support.environment import process_env
@@ -104,6 +106,59 @@ async def test_a_flush_cancelled_by_the_shutdown_leaves_its_batch_to_the_last_on
             await usage._db.pool.close()
         finally:
             pool.terminate()
+    assert await last_used(conn, tenant.read_key_id) is not None
+
+
+async def test_two_replicas_flushing_the_same_keys_at_once_both_write(
+    database_url, conn, make_tenant
+):
+    """Each process's batch held its keys in the order they were first used: two flushes
+    locking the same keys in opposite orders deadlocked, and Postgres failed one."""
+    keys = sorted([(await make_tenant()).read_key_id for _ in range(3)])
+    # The plan of a table of many keys: through the batch's array, a key at a time by its
+    # index (on a few rows, Postgres would scan them all in their stored order instead).
+    plan = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+    pool = await asyncpg.create_pool(database_url, min_size=0, server_settings=plan)
+    try:
+        replicas = [KeyUsage(Database(pool, acquire_timeout=5)) for _ in range(2)]
+        for key_id in keys:
+            replicas[0].touch(key_id)
+        for key_id in reversed(keys):
+            replicas[1].touch(key_id)
+        async with conn.transaction():
+            # A row both need, held, so that each flush has locked some of its keys before
+            # it waits: the order of the rest decides.
+            await conn.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", keys[1])
+            flushes = [asyncio.create_task(usage.flush()) for usage in replicas]
+            await asyncio.sleep(0.5)
+        assert await asyncio.gather(*flushes) == [True, True]
+    finally:
+        await pool.close()
+    for key_id in keys:
+        assert await last_used(conn, key_id) is not None
+
+
+async def test_the_last_use_is_written_at_shutdown_even_when_the_audit_trail_cannot_be(
+    serve_app, settings, conn, make_tenant, make_attachment
+):
+    """At shutdown the audit trail's last write, given up on a database that did not take
+    it, terminated the background pool, and key usage's last write, which came after it,
+    failed at once: the last minute of `last_used_at` was lost. Key usage (one small
+    UPDATE) now writes first."""
+    # The trail keeps its rows for the shutdown's write.
+    app = create_app(replace(settings, audit_flush_seconds=3600))
+    client = await serve_app(app)
+    tenant = await make_tenant()
+    attachment_id = await make_attachment(tenant.workspace_id)
+    path = f"/api/v1/attachments/{attachment_id}/download"
+    response = await client.get(path, headers=tenant.auth(), allow_redirects=False)
+    assert response.status == 307
+    assert len(app[AUDIT]) == 1
+    async with conn.transaction():
+        # The audit rows cannot go in (their COPY waits for this lock); api_keys is free.
+        await conn.execute("LOCK TABLE download_audit IN SHARE MODE")
+        await client.close()
+    assert app[AUDIT].dropped == 1
     assert await last_used(conn, tenant.read_key_id) is not None
 
 

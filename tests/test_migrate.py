@@ -73,6 +73,33 @@ async def test_a_new_file_is_applied_in_its_own_transaction(empty_database, own_
     assert await apply_migrations(empty_database, own_migrations) == ["9999_bad.sql"]
 
 
+async def test_a_migration_waiting_for_a_busy_table_holds_its_readers_up_for_a_second_at_most(
+    empty_database, own_migrations
+):
+    """An ALTER waiting for a long transaction's lock makes every later read of the table
+    queue behind it, for as long as that transaction lasts: cold downloads' queries timed
+    out while a migration ran beside them. It now waits LOCK_TIMEOUT at a time, and tries
+    again until it gets its turn."""
+    await apply_migrations(empty_database, own_migrations)
+    (own_migrations / "9999_alter.sql").write_text("ALTER TABLE attachments ADD note text;")
+    holder, reader = await asyncpg.connect(empty_database), await asyncpg.connect(empty_database)
+    try:
+        busy = holder.transaction()
+        await busy.start()
+        await holder.execute("SELECT count(*) FROM attachments")  # its lock, held
+        migrating = asyncio.create_task(apply_migrations(empty_database, own_migrations))
+        for _ in range(4):
+            await asyncio.sleep(0.5)
+            async with asyncio.timeout(2.0):  # DB_STATEMENT_TIMEOUT's default
+                assert await reader.fetchval("SELECT count(*) FROM attachments") == 0
+        assert not migrating.done()  # still trying
+        await busy.commit()
+        assert await migrating == ["9999_alter.sql"]
+    finally:
+        await holder.close()
+        await reader.close()
+
+
 def test_badly_named_files_are_refused(own_migrations):
     (own_migrations / "notes.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="unexpected migration file name"):

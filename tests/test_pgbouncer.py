@@ -175,6 +175,15 @@ async def test_the_cli_migrates_over_the_direct_url(cli, database_url):
     assert result.stdout.startswith("applied 0 migration(s)")
 
 
+async def test_migrations_run_through_pgbouncer_too(cli, bouncer_url):
+    """Without DATABASE_DIRECT_URL, `migrate` goes through the pooler: a session's advisory
+    lock stayed on the server connection that took it, its unlock went to another, and
+    the next run waited for it. The lock is now taken per transaction."""
+    for _ in range(3):
+        result = cli("migrate", env={"DATABASE_URL": bouncer_url})
+        assert result.stdout.startswith("applied 0 migration(s)")
+
+
 async def test_the_cli_works_through_pgbouncer_without_a_statement_cache(cli, bouncer_url):
     env = {"DATABASE_URL": bouncer_url, "DB_STATEMENT_CACHE_SIZE": "0"}
     for _ in range(3):  # more statements than one server connection's lifetime

@@ -13,13 +13,18 @@ import boto3
 import botocore.auth
 import pytest
 from aiobotocore.credentials import AioDeferredRefreshableCredentials
+from aiobotocore.session import get_session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
+from service.core.attachment import AttachmentTarget, PresignedUrl
 from service.core.disposition import content_disposition
 from service.core.errors import CredentialsExpiring
 from service.core.settings import Settings
-from service.storage.client import signed_at
+from service.storage import signer as signer_module
+from service.storage.client import Storage, signed_at
 from service.storage.lifetimes import MARGIN_SECONDS, UrlLifetime
+from service.storage.signer import QuerySigner
 from service.web.app import create_app
 from tests.support.http import fetch
 from tests.support.storage import BUCKET
@@ -280,3 +285,55 @@ async def test_a_failed_first_load_is_not_repeated_by_every_request():
     )
     assert all(isinstance(result, CredentialsExpiring) for result in results), results
     assert loads == 1
+
+
+async def test_a_refresh_that_fails_is_a_503_and_not_a_call_to_sts_per_request(monkeypatch):
+    """Inside their last ten minutes, botocore refreshes credentials on every read and
+    passes on what STS raised (a ClientError, not a BotoCoreError): the signer's re-read
+    made each request of a burst call STS and answer 500. Now a failed refresh is a 503 for
+    the request that tried it, and the others sign with the credentials they have, which
+    outlive their (shortened) URLs."""
+    monkeypatch.setattr(signer_module, "CREDENTIALS_RECHECK_SECONDS", 0.0)  # always due
+    refreshes = 0
+    sts_answers = True
+
+    async def refresh():
+        nonlocal refreshes
+        refreshes += 1
+        if sts_answers:  # credentials inside botocore's mandatory window (10 minutes)
+            return {
+                "access_key": "AKIDEXAMPLE",
+                "secret_key": "secret",
+                "token": "session",
+                "expiry_time": (datetime.now(UTC) + timedelta(seconds=590)).isoformat(),
+            }
+        raise ClientError({"Error": {"Code": "AccessDenied"}}, "AssumeRoleWithWebIdentity")
+
+    credentials = AioDeferredRefreshableCredentials(
+        refresh_using=refresh, method="assume-role-with-web-identity"
+    )
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",  # presigning sends nothing
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+        config=Config(signature_version="s3v4"),
+    ) as client:
+        signer = QuerySigner(client, credentials)
+        storage = Storage(client, None, 900, signer, UrlLifetime(credentials))
+        target = AttachmentTarget("attachments", "w/a", "attachment", "text/plain", "a", 1)
+        await storage.presign("GET", target)  # loads them
+        sts_answers, refreshes = False, 0
+        results = await asyncio.gather(
+            *(storage.presign("GET", target) for _ in range(50)), return_exceptions=True
+        )
+    refused = [result for result in results if isinstance(result, Exception)]
+    assert refused and all(isinstance(result, CredentialsExpiring) for result in refused)
+    assert len(refused) <= 2  # UrlLifetime's refresh, and the signer's re-read
+    assert refreshes <= 2
+    latest = (datetime.now(UTC) + timedelta(seconds=590 - MARGIN_SECONDS)).timestamp()
+    signed = [url for url in results if isinstance(url, PresignedUrl)]
+    assert len(signed) >= 48
+    assert all(url.shortened and url.expires_at_us <= latest * 1e6 for url in signed)

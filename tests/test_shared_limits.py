@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from service.core.tokens import generate_token
 from service.devstack.redis_server import REDIS_SERVER, redis_available, run_redis
 from service.web.app import create_app
+from service.web.caches import CACHES
 from service.web.limits import RATE_LIMITS
 from tests.support.http import assert_problem
 from tests.support.rate_limits import assert_rate_limited, download
@@ -87,6 +88,31 @@ async def test_guesses_on_any_replica_count_against_the_address_everywhere(repli
         guess = {"Authorization": f"Bearer {generate_token()}"}
         response, body = await download(client, attachment_id, guess)
         assert_rate_limited(response, body, "failed-auth", quota=6)
+
+
+async def test_an_address_redis_refused_costs_no_key_lookups_until_it_may_guess_again(replicas):
+    """Shared limits looked at the address's failed attempts only after its token's lookup:
+    each guess of a flood, refused 429, still cost a query and left a miss in the key
+    cache, pushing real keys out. Once Redis refuses the address, this process refuses it
+    before the lookup, until its bucket (as Redis told it) holds a token again."""
+    (client,), tenant, attachment_id = await replicas(
+        count=1, failed_auth_per_address=0.25, failed_auth_burst_per_address=3
+    )
+    keys = client.app[CACHES].keys
+    for _ in range(3):
+        guess = {"Authorization": f"Bearer {generate_token()}"}
+        assert (await download(client, attachment_id, guess))[0].status == 401
+    looked_up = len(keys)
+    assert looked_up == 3
+    for _ in range(30):  # (a token comes back after 4 s)
+        guess = {"Authorization": f"Bearer {generate_token()}"}
+        response, body = await download(client, attachment_id, guess)
+        assert_rate_limited(response, body, "failed-auth", quota=3)
+    assert len(keys) <= looked_up + 1  # the guess that Redis refused was looked up
+    response, body = await download(client, attachment_id, tenant.auth())
+    assert_rate_limited(response, body, "failed-auth", quota=3)  # a right one too
+    await asyncio.sleep(4.1)  # one token back: the address is asked about again
+    assert (await download(client, attachment_id, tenant.auth()))[0].status == 307
 
 
 async def test_a_redis_that_is_down_means_local_limits_at_once_then_shared_again(

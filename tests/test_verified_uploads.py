@@ -338,3 +338,27 @@ async def test_a_head_without_content_length_is_503_not_500(
         response, raw = await complete(client, tenant, created["id"])
     assert_problem(response.status, raw, "service_unavailable")
     assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_a_read_back_cut_short_is_503_not_500(
+    serve_app, settings, seaweed, seaweed_client, make_tenant
+):
+    """The storage closing the connection in the middle of the object `complete` reads
+    back: aiobotocore passes on aiohttp's payload error as it is, which was a 500."""
+    async with RecordingHttpProxy(seaweed.endpoint_url, cut_bodies=True) as internal:
+        limits = replace(
+            settings, s3_endpoint_url=internal.url, s3_public_endpoint_url=seaweed.endpoint_url
+        )
+        client = await serve_app(create_app(limits))
+        tenant = await make_tenant()
+        body = b"read back, but only half of it arrives\n"
+        _, created = await create(
+            client, tenant, len(body), sha256=hashlib.sha256(body).hexdigest()
+        )
+        key = f"{tenant.workspace_id}/{created['id']}"
+        # Put in place by other means: no checksum stored, so `complete` reads it back.
+        await asyncio.to_thread(seaweed_client.put_object, Bucket=BUCKET, Key=key, Body=body)
+        response, raw = await complete(client, tenant, created["id"])
+    assert_problem(response.status, raw, "service_unavailable")
+    assert int(response.headers["Retry-After"]) > 0
+    assert any(method == "GET" for method, _, _ in internal.requests)

@@ -29,6 +29,8 @@ from ..core.settings import Settings
 from ..core.text import (
     BUCKET_RULE,
     MAX_FILENAME_CHARS,
+    OBJECT_KEY_RULE,
+    is_reachable_object_key,
     is_storable_bucket,
     is_storable_filename,
 )
@@ -365,6 +367,8 @@ async def attachment_register(settings: Settings, args: argparse.Namespace) -> R
     workspace_id = parse_uuid(args.workspace, "workspace")
     content_type = _content_type(args.content_type, _filename(args.filename))
     _bucket(args.bucket)
+    if not is_reachable_object_key(args.key):
+        raise UsageError(f"an object key is {OBJECT_KEY_RULE}")
     if args.size is not None and args.size < 0:
         raise UsageError("--size must not be negative")
     async with connect(settings) as conn:

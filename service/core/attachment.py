@@ -51,7 +51,8 @@ class AttachmentTarget(NamedTuple):
     size_bytes: int | None
     # Created through the API and its upload not yet confirmed: downloads answer 409.
     pending: bool = False
-    # "sha256:<hex>" of the bytes, when the upload declared it and it was checked.
+    # "sha256:<hex>" of the bytes, when they were checked (an upload that declared it, or
+    # `attachment add`, which hashed the file it sent).
     digest: str | None = None
 
     @classmethod

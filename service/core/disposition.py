@@ -66,6 +66,7 @@ def _ascii_fallback(name: str) -> str:
     if not name.isascii():
         decomposed = unicodedata.normalize("NFKD", name)
         name = "".join(c for c in decomposed if not unicodedata.combining(c))
-    # Stripped again: `‥` (U+2025) decomposes to `..`.
+    # Stripped again: `‥` (U+2025) decomposes to `..`. Cut again too: one character may
+    # decompose to many (U+FDFA to 18), so a name of 255 bytes may not stay within them.
     fallback = _FALLBACK_UNSAFE.sub("_", name).strip(" .")
-    return fallback or FALLBACK_NAME
+    return _truncate_utf8(fallback, MAX_FILENAME_BYTES) if fallback else FALLBACK_NAME

@@ -27,6 +27,10 @@ MISSING: Final = Missing.MISSING
 Miss = Literal[Missing.MISSING]
 
 
+# Changes remembered by what changed (HotPathCaches.key_changes, .attachment_changes):
+# only those newer than the oldest lookup under way matter, and lookups are bounded by
+# DB_STATEMENT_TIMEOUT; past this many, they count as a change of everything.
+CHANGES_REMEMBERED = 10_000
 # Workspaces whose answers one attachment's entry holds at most: its owner's, and those of
 # the latest few who asked for an id not theirs (each got "no such attachment", looked up
 # once, as for a missing id).
@@ -124,21 +128,44 @@ class HotPathCaches:
     # (attachment id, method, *variant) -> PresignedUrl as a plain tuple
     urls: TTLCache[tuple[Any, ...], tuple[Any, ...]]
     live: bool = False
-    # Bumped by every invalidation: a lookup that started before one must not store its
-    # (possibly stale) answer.
+    # Bumped by every invalidation: a lookup records it before it reads, and stores its
+    # answer for a key or an attachment only if that one has not changed since (it might
+    # be stale). Each change is remembered by what changed, so that one row's change
+    # leaves other lookups under way free to store theirs: a busy cluster's every upload
+    # notifies twice, and a single counter kept the caches from filling (and their
+    # entries from being renewed) exactly when they were needed most.
     generation: int = 0
     flushes: int = field(default=0)
+    # The generation of each key's and attachment's last change, and of the last change
+    # of them all (a flush, a workspace's entitlement, or these maps overflowing).
+    key_changes: dict[bytes, int] = field(default_factory=dict)
+    attachment_changes: dict[str, int] = field(default_factory=dict)
+    all_keys_changed: int = 0
+    all_attachments_changed: int = 0
 
-    def may_store(self, generation: int) -> bool:
-        """Whether an answer looked up at `generation` may be cached: the caches are on, and
-        no invalidation came while it was being looked up (it might be stale)."""
-        return self.live and self.generation == generation
+    def may_store_key(self, generation: int, token_digest: bytes) -> bool:
+        """Whether a key looked up at `generation` may be cached: the caches are on, and
+        no invalidation of it (or of all keys) came while it was being looked up."""
+        if generation == self.generation:  # (nothing changed at all: the usual case)
+            return self.live
+        changed = max(self.all_keys_changed, self.key_changes.get(token_digest, 0))
+        return self.live and changed <= generation
+
+    def may_store_attachment(self, generation: int, attachment_id: str) -> bool:
+        """`may_store_key` for an attachment (and the URLs signed from what was read)."""
+        if generation == self.generation:
+            return self.live
+        changed = max(self.all_attachments_changed, self.attachment_changes.get(attachment_id, 0))
+        return self.live and changed <= generation
 
     def flush(self) -> None:
         self.keys.clear()
         self.attachments.clear()
         self.urls.clear()
         self.generation += 1
+        self.all_keys_changed = self.all_attachments_changed = self.generation
+        self.key_changes.clear()
+        self.attachment_changes.clear()
         self.flushes += 1
 
     # Cached values are kept as exact tuples of atoms, which the garbage collector stops
@@ -231,6 +258,10 @@ class HotPathCaches:
         row exists, and a deleted one never comes back), and dropping them would let their
         askers time the owner's changes."""
         self.generation += 1
+        if len(self.attachment_changes) >= CHANGES_REMEMBERED:
+            self.attachment_changes.clear()  # counted as all changed: nothing under way stores
+            self.all_attachments_changed = self.generation
+        self.attachment_changes[attachment_id] = self.generation
         cached = self.attachments.peek(attachment_id)
         self.attachments.pop(attachment_id)
         if cached is not MISSING:
@@ -242,9 +273,15 @@ class HotPathCaches:
 
     def forget_key(self, token_digest: bytes) -> None:
         self.generation += 1
+        if len(self.key_changes) >= CHANGES_REMEMBERED:
+            self.key_changes.clear()  # counted as all changed: nothing under way stores
+            self.all_keys_changed = self.generation
+        self.key_changes[token_digest] = self.generation
         self.keys.pop(token_digest)
 
     def forget_keys(self) -> None:
         """Every key: a workspace's entitlement changed, and keys are cached by digest."""
         self.generation += 1
+        self.all_keys_changed = self.generation
+        self.key_changes.clear()
         self.keys.clear()

@@ -1,12 +1,20 @@
 """Forward-only SQL migrations, each in its own transaction, under an advisory lock.
 
 Files are `migrations/NNNN_name.sql`, applied in order and recorded with their
-SHA-256 in `schema_migrations`. Replicas starting together serialise on the lock,
-so each file runs once; a file changed after it was applied stops the runner.
+SHA-256 in `schema_migrations`. Runners started together serialise on the lock, so each
+file runs once; a file changed after it was applied stops the runner.
+
+The lock is taken per transaction (`pg_advisory_xact_lock`), and no statement is
+prepared for reuse: through a transaction pooler, a session's lock would stay on
+whichever server connection took it. A migration runs beside live traffic, so it waits
+at most LOCK_TIMEOUT for a table's lock: queued behind its ALTER, every read of the
+table would wait as long as the transaction it waits for. It is then tried again, a
+while later, up to LOCK_ATTEMPTS times.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -18,6 +26,11 @@ from .pool import Database
 
 # An arbitrary constant: the advisory lock every migrating process takes.
 MIGRATION_LOCK_ID = 0x1A77_AC4E
+# Below the requests' own query timeouts: what a read queued behind a migration waits.
+LOCK_TIMEOUT = "1s"
+LOCK_ATTEMPTS = 20
+RETRY_SECONDS = (0.5, 5.0)  # the first wait between attempts, doubled up to the second
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 _FILE_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
@@ -74,18 +87,27 @@ async def applied_versions(database: Database) -> set[str]:
 async def apply_migrations(dsn: str, directory: Path) -> list[str]:
     """Apply what is pending; returns the names of the files applied (empty: nothing to do)."""
     migrations = load_migrations(directory)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, statement_cache_size=0, timeout=CONNECT_TIMEOUT_SECONDS)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-        try:
-            return await _apply_locked(conn, migrations)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        async with conn.transaction():
+            await _lock(conn)
+            applied = await _check_applied(conn, migrations)
+        done = []
+        for migration in migrations:
+            if migration.version not in applied and await _apply(conn, migration):
+                done.append(migration.name)
+        return done
     finally:
         await conn.close()
 
 
-async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+async def _lock(conn: asyncpg.Connection) -> None:
+    """This transaction's turn: runners started together wait for each other here."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+
+
+async def _check_applied(conn: asyncpg.Connection, migrations: list[Migration]) -> set[str]:
+    """The versions already applied, once the files on disk are known to agree with them."""
     await conn.execute(
         """
         CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -110,17 +132,34 @@ async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -
             raise MigrationError(
                 f"{migration.name} changed after it was applied; add a new migration instead"
             )
-    done = []
-    for migration in migrations:
-        if migration.version in applied:
-            continue
-        async with conn.transaction():
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
-        done.append(migration.name)
-    return done
+    return set(applied)
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> bool:
+    """Apply one file in its own transaction; False if another runner applied it first."""
+    wait = RETRY_SECONDS[0]
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                await _lock(conn)
+                found = "SELECT 1 FROM schema_migrations WHERE version = $1"
+                if await conn.fetchval(found, migration.version):
+                    return False
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            return True
+        except asyncpg.LockNotAvailableError:
+            if attempt == LOCK_ATTEMPTS:
+                break
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_SECONDS[1])
+    raise MigrationError(
+        f"{migration.name}: a table it changes stayed locked by other transactions "
+        f"({LOCK_ATTEMPTS} attempts, each waiting {LOCK_TIMEOUT}); try again later"
+    )

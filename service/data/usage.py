@@ -51,7 +51,10 @@ class KeyUsage:
         # Forget keys not used this minute: their next use writes again.
         self._noted = {k: m for k, m in self._noted.items() if m == current}
         try:
-            await self._db.fetch(RECORD_LAST_USE, list(batch), list(batch.values()))
+            # In one order in every process: two replicas' flushes locking the same keys
+            # in opposite orders would deadlock, and one of them would fail.
+            ids = sorted(batch)
+            await self._db.fetch(RECORD_LAST_USE, ids, [batch[key_id] for key_id in ids])
         except DatabaseUnavailable:
             self._keep(batch)
             log.warning("could not record key usage; will retry")

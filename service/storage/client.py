@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ..core.attachment import AttachmentTarget, PresignedUrl
 from ..core.errors import StorageNotConfigured, StorageUnavailable
@@ -86,8 +86,10 @@ class Storage:
                 )
                 return PresignedUrl.of(url, now + timedelta(seconds=expires), shortened)
             return await self.presign_with_botocore(method, target, response, expires, shortened)
-        except BotoCoreError as exc:
-            # e.g. credentials that could not be refreshed; the text stays in our log.
+        except (BotoCoreError, ClientError) as exc:
+            # Credentials that could not be refreshed (botocore passes on what the provider
+            # raised: STS's ClientError, a credential_process's BotoCoreError); presigning
+            # itself calls nothing. The text stays in our log.
             log.warning("presigning failed: %s", type(exc).__name__)
             raise StorageUnavailable(type(exc).__name__) from exc
 
@@ -179,7 +181,7 @@ class Storage:
                     operation, Params={"Bucket": bucket, "Key": key, **params}, ExpiresIn=expires
                 )
                 signed = signed_at(url)
-        except BotoCoreError as exc:
+        except (BotoCoreError, ClientError) as exc:  # as in presign
             log.warning("presigning an upload failed: %s", type(exc).__name__)
             raise StorageUnavailable(type(exc).__name__) from exc
         return PresignedUrl.of(url, signed + timedelta(seconds=expires), expires < seconds)
@@ -230,7 +232,7 @@ async def open_storage(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     credentials = await session.get_credentials()
     signer = None
     if settings.presigner == "fast":
-        signer = QuerySigner(client, credentials, client.meta.region_name)
+        signer = QuerySigner(client, credentials)
     expires = settings.presign_expires_seconds
     internal = client
     if settings.s3_endpoint_url and settings.s3_endpoint_url != settings.signing_endpoint_url:

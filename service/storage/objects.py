@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ResponseStreamingError
 
 from ..core.errors import StorageUnavailable
 from ..core.uploads import Part
@@ -93,9 +93,24 @@ async def object_sha256(
     async with storage_call("reading an upload back", seconds):
         answer = await client.get_object(Bucket=bucket, Key=key)
         async with answer["Body"] as body:
-            while chunk := await body.read(READ_CHUNK_BYTES):
+            while chunk := await next_chunk(body):
                 await asyncio.to_thread(digest.update, chunk)
     return digest.digest(), answer.get("ETag")
+
+
+async def next_chunk(body: Any) -> bytes:
+    """The next chunk of a streamed answer. aiobotocore wraps a connection lost while
+    reading as botocore's ResponseStreamingError, but passes on its HTTP client's error
+    for a body that ended before its Content-Length as it is: that is the same failure,
+    and the storage layer names no HTTP library, so anything but a timeout or a
+    cancellation raised by the read is wrapped the same way."""
+    try:
+        chunk: bytes = await body.read(READ_CHUNK_BYTES)
+    except (BotoCoreError, OSError, TimeoutError):
+        raise
+    except Exception as exc:
+        raise ResponseStreamingError(error=exc) from exc
+    return chunk
 
 
 class ReadBacks:

@@ -107,9 +107,13 @@ async def identify(request: web.Request) -> Principal:
     its token is even read: otherwise a guesser would learn which guess was right."""
     address = find_client_address(request)
     limits = request.app[RATE_LIMITS]
-    # (Shared limits look at the address in `limit`, in the same round trip as the rest.)
-    if limits.shared is None and limits.failed_auth.active:  # someone failed lately
-        limits.check_address(address)
+    if limits.shared is None:
+        if limits.failed_auth.active:  # someone failed lately
+            limits.check_address(address)
+    # Shared limits look at the address in `limit`, in the same round trip as the rest;
+    # one that Redis refused lately is refused here at once.
+    elif limits.refused_addresses.active:
+        limits.check_refused_address(address)
     try:
         return await authenticate(request)
     except Problem as problem:
@@ -192,9 +196,9 @@ async def lookup_principal(request: web.Request, digest: bytes) -> Principal | N
     if row is not None and attachment_id is not None:
         target = AttachmentTarget.from_row(row) if row["attachment_id"] else None
         request[PREFETCHED] = Prefetched(target, generation)
-        if caches.may_store(generation):
+        if caches.may_store_attachment(generation, str(attachment_id)):
             caches.remember_attachment(str(attachment_id), row["workspace_id"], target)
-    if caches.may_store(generation):
+    if caches.may_store_key(generation, digest):
         caches.keys.put(digest, principal)  # None too: unknown tokens cost no query
     return principal
 

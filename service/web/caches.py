@@ -135,8 +135,8 @@ async def refresh(
 async def renew_keys(caches: HotPathCaches, db: Database, digests: list[bytes]) -> None:
     generation = caches.generation
     found = await find_keys(db, digests)
-    if caches.may_store(generation):
-        for digest in digests:
+    for digest in digests:
+        if caches.may_store_key(generation, digest):
             row = found.get(digest)
             caches.keys.put(digest, Principal.from_row(row) if row is not None else None)
 
@@ -157,6 +157,6 @@ async def renew_attachments(
         return
     generation = caches.generation
     found = await lookups.find_many(list(askers))
-    if caches.may_store(generation):
-        for wanted, attachment_id in askers.items():
+    for wanted, attachment_id in askers.items():
+        if caches.may_store_attachment(generation, attachment_id):
             caches.remember_attachment(attachment_id, wanted[1], found.get(wanted))

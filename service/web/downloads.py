@@ -49,7 +49,7 @@ async def attachment_target(
     canonical = str(attachment_id)
     generation = caches.generation
     target = await request.app[ATTACHMENT_LOOKUPS].find(attachment_id, workspace_id)
-    if caches.may_store(generation):
+    if caches.may_store_attachment(generation, canonical):
         caches.remember_attachment(canonical, workspace_id, target)
     return canonical, target, generation
 
@@ -87,7 +87,7 @@ async def presigned_url(
     counts.count_presign(method, "signed")
     # (The default lifetime was judged once: the window is 0 where it falls short.)
     reusable = options.expires_in is None or reusable_for(options.expires_in, caches.urls.ttl)
-    if reusable and caches.may_store(read_at):
+    if reusable and caches.may_store_attachment(read_at, attachment_id):
         caches.remember_url(attachment_id, method, presigned, variant)
     return presigned
 

@@ -98,6 +98,13 @@ class TokenBuckets:
         if entry is not None:
             self._buckets[key] = (min(float(self.burst), entry[0] + self.cost(requests)), now)
 
+    def set_level(self, key: Hashable, tokens: float, now: float) -> None:
+        """Hold `tokens` in the key's bucket as of `now`: what a shared bucket said."""
+        self._buckets.pop(key, None)
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > MAX_BUCKETS:
+            del self._buckets[next(iter(self._buckets))]
+
     def has_token(self, key: Hashable) -> bool:
         level = self._level(key, time.monotonic())
         if level >= self.burst:  # refilled: forgetting it changes nothing, lets `active` end
@@ -137,6 +144,11 @@ class RateLimits:
         self.reports = TokenBuckets("secret-scanning", *reports_per_address)
         # The buckets in Redis (RATE_LIMIT_BACKEND=redis), once the app has started.
         self.shared: SharedBuckets | None = None
+        # With shared limits, the addresses Redis refused for their failed attempts, each
+        # with its bucket as Redis told it: until that holds a token again, this process
+        # refuses the address before reading its token, as local limits do. Otherwise
+        # each guess of a flood would still cost a key lookup, and a miss in the key cache.
+        self.refused_addresses = TokenBuckets("failed-auth", *failed_auth_per_address)
 
     async def admit_shared(
         self, key_id: Hashable, workspace_id: Hashable, address: str | None, requests: int = 1
@@ -168,7 +180,10 @@ class RateLimits:
         if verdict is not None:
             position, tokens = verdict
             refusing = policies[position]
-            raise refusing.refusal(tokens, 1 if refusing is self.failed_auth else requests)
+            if refusing is self.failed_auth:
+                self.refused_addresses.set_level(address, tokens, time.monotonic())
+                raise refusing.refusal(tokens)
+            raise refusing.refusal(tokens, requests)
 
     async def failed_shared(self, address: str | None) -> None:
         """`failed` on the cluster's bucket of the address; the 429 if it is used up."""
@@ -181,6 +196,7 @@ class RateLimits:
             self.failed(address)
             return
         if verdict is not None:
+            self.refused_addresses.set_level(address, verdict[1], time.monotonic())
             raise self.failed_auth.refusal(verdict[1])
 
     async def admit_report(self, address: str | None) -> None:
@@ -225,6 +241,12 @@ class RateLimits:
         even read: otherwise a guesser would learn which guess was right."""
         if self.failed_auth.enabled and not self.failed_auth.has_token(address):
             raise self.failed_auth.refused(address)
+
+    def check_refused_address(self, address: str | None) -> None:
+        """`check_address` with shared limits: by what Redis said when it refused the
+        address (`refused_addresses`), with no round trip."""
+        if not self.refused_addresses.has_token(address):
+            raise self.refused_addresses.refused(address)
 
     def failed(self, address: str | None) -> None:
         if self.failed_auth.enabled:

@@ -68,10 +68,9 @@ async def attachment_targets(
     missing = [attachment_id for attachment_id in ids if attachment_id not in found]
     if missing:
         read = await attachments.targets(request.app[DATABASE], missing, workspace_id)
-        store = caches.may_store(generation)
         for attachment_id in missing:
             target = found[attachment_id] = read.get(attachment_id)
-            if store:
+            if caches.may_store_attachment(generation, str(attachment_id)):
                 caches.remember_attachment(str(attachment_id), workspace_id, target)
     return found, generation
 

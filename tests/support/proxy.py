@@ -97,14 +97,21 @@ class RecordingHttpProxy:
     With `damaged_part` set it flips the first byte of every upload of that part number,
     as a faulty network would: the signature still verifies (S3 does not check the signed
     payload hash of a plain PUT), only the part's checksum can tell. With
-    `head_without_length` it answers HEAD without Content-Length, as some stores do."""
+    `head_without_length` it answers HEAD without Content-Length, as some stores do. With
+    `cut_bodies` it closes the connection halfway through the body of every GET that has
+    one, after a Content-Length of the whole: a store or network that dies mid-answer."""
 
     def __init__(
-        self, target: str, damaged_part: int | None = None, head_without_length: bool = False
+        self,
+        target: str,
+        damaged_part: int | None = None,
+        head_without_length: bool = False,
+        cut_bodies: bool = False,
     ) -> None:
         self.target = target.rstrip("/")
         self.damaged_part = damaged_part
         self.head_without_length = head_without_length
+        self.cut_bodies = cut_bodies
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.url = ""
         self._runner: object = None
@@ -141,6 +148,14 @@ class RecordingHttpProxy:
                 if request.method != "HEAD" or self.head_without_length:
                     dropped += ("content-length",)
                 passed = {k: v for k, v in upstream.headers.items() if k.lower() not in dropped}
+                if self.cut_bodies and request.method == "GET" and len(body) > 1:
+                    response = web.StreamResponse(status=upstream.status, headers=passed)
+                    response.content_length = len(body)
+                    await response.prepare(request)
+                    await response.write(body[: len(body) // 2])
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
                 return web.Response(status=upstream.status, headers=passed, body=body)
 
         app = web.Application(client_max_size=64 * 1024 * 1024)  # multipart parts too
