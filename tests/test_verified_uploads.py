@@ -362,3 +362,67 @@ async def test_a_read_back_cut_short_is_503_not_500(
     assert_problem(response.status, raw, "service_unavailable")
     assert int(response.headers["Retry-After"]) > 0
     assert any(method == "GET" for method, _, _ in internal.requests)
+
+
+async def renew(client, tenant, attachment_id, scope="write"):
+    return await call(
+        client, "POST", f"/api/v1/attachments/{attachment_id}/upload", tenant.auth(scope)
+    )
+
+
+async def test_a_multipart_upload_is_offered_again_with_new_urls_for_the_same_parts(
+    multipart_client, make_tenant
+):
+    """Part URLs cannot outlive the credentials that sign them (an hour, with a role's):
+    a large file's later parts are sent with URLs asked for again, into the same
+    multipart upload, whose parts already sent stay."""
+    client = multipart_client
+    tenant = await make_tenant()
+    body = os.urandom(8 * MIB + 7)  # two parts: 5 MiB, and the rest
+    declared = hashlib.sha256(body).hexdigest()
+    _, created = await create(client, tenant, len(body), sha256=declared)
+    first = created["upload"]["parts"]
+    assert (await put(first[0]["url"], body[: 5 * MIB], {}))[0] == 200
+    response, raw = await renew(client, tenant, created["id"])
+    assert response.status == 200, raw
+    renewed = json.loads(raw)
+    assert renewed["id"] == created["id"] and renewed["status"] == "upload_pending"
+    again = renewed["upload"]
+    assert again["part_size_bytes"] == 5 * MIB and again["expires_at"]
+    assert [(p["number"], p["size"]) for p in again["parts"]] == [
+        (p["number"], p["size"]) for p in first
+    ]
+    first_upload_id = URL(first[1]["url"], encoded=True).query["uploadId"]
+    assert URL(again["parts"][1]["url"], encoded=True).query["uploadId"] == first_upload_id
+    assert (await put(again["parts"][1]["url"], body[5 * MIB :], {}))[0] == 200
+    response, raw = await complete(client, tenant, created["id"])
+    assert response.status == 200, raw
+    assert json.loads(raw)["digest"] == "sha256:" + declared
+    assert (await downloaded(client, tenant, created["id"]))[1] == body
+
+
+async def test_a_single_put_is_offered_again_and_a_confirmed_upload_is_not(client, make_tenant):
+    tenant = await make_tenant()
+    body = b"sent with the second URL\n"
+    declared = hashlib.sha256(body).hexdigest()
+    _, created = await create(client, tenant, len(body), sha256=declared)
+    response, raw = await renew(client, tenant, created["id"])
+    assert response.status == 200, raw
+    upload = json.loads(raw)["upload"]
+    assert upload["headers"] == created["upload"]["headers"]  # the same signed headers
+    assert (await put(upload["url"], body, upload["headers"]))[0] == 200
+    assert (await complete(client, tenant, created["id"]))[0].status == 200
+    response, raw = await renew(client, tenant, created["id"])
+    assert_problem(response.status, raw, "upload_confirmed")
+    assert b"X-Amz-" not in raw
+
+
+async def test_only_a_write_key_of_the_workspace_is_offered_an_upload(client, make_tenant):
+    tenant, other = await make_tenant(), await make_tenant()
+    _, created = await create(client, tenant, 5)
+    response, raw = await renew(client, tenant, created["id"], scope="read")
+    assert_problem(response.status, raw, "insufficient_scope")
+    response, raw = await renew(client, other, created["id"])
+    assert_problem(response.status, raw, "not_found")
+    response, raw = await renew(client, tenant, "not-a-uuid")
+    assert_problem(response.status, raw, "not_found")

@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_patch(attachment, attachments.update)
     app.router.add_delete(attachment, attachments.delete)
     app.router.add_post("/api/v1/attachments/{id}/complete", attachments.complete)
+    app.router.add_post("/api/v1/attachments/{id}/upload", attachments.renew_upload)
     # Everything else needs an API key; these, and only these, are public.
     public: dict[str, Handler] = {
         "/healthz": healthz,

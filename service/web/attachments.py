@@ -24,7 +24,7 @@ from ..core.ids import canonical_uuid
 from ..core.media_types import DEFAULT_CONTENT_TYPE, is_media_type
 from ..core.text import is_storable_filename
 from ..core.times import epoch_us, from_epoch_us, rfc3339
-from ..core.uploads import checksum_header, parse_sha256, part_size_for, plan_parts
+from ..core.uploads import Part, checksum_header, parse_sha256, part_size_for, plan_parts
 from ..data import attachments
 from ..storage.objects import (
     StoredObject,
@@ -237,19 +237,67 @@ async def offer_parts(
     upload_id = await start_multipart(
         storage.internal_client(), new.bucket, new.object_key, new.content_type
     )
+    new = replace(new, multipart_upload_id=upload_id, part_size=part_size)
     try:
-        urls = await storage.presign_parts(new.bucket, new.object_key, upload_id, plan)
+        upload = await offer_planned_parts(request, new, plan)
     except BaseException:
         client = storage.internal_client()
         await asyncio.shield(abort_multipart(client, new.bucket, new.object_key, upload_id))
         raise
+    return new, upload
+
+
+async def offer_planned_parts(
+    request: web.Request, upload: attachments.NewUpload, plan: list[Part]
+) -> dict[str, Any]:
+    """A presigned PUT for each part of the multipart upload under way."""
+    assert upload.multipart_upload_id is not None and upload.part_size is not None
+    urls = await request.app[STORAGE].presign_parts(
+        upload.bucket, upload.object_key, upload.multipart_upload_id, plan
+    )
     parts = [
         {"number": part.number, "url": url.url, "size": part.size}
         for part, url in zip(plan, urls, strict=True)
     ]
     expires = min(urls, key=lambda url: url.expires_at_us).expires_text
-    upload = {"method": "PUT", "parts": parts, "part_size_bytes": part_size, "expires_at": expires}
-    return replace(new, multipart_upload_id=upload_id, part_size=part_size), upload
+    return {
+        "method": "PUT",
+        "parts": parts,
+        "part_size_bytes": upload.part_size,
+        "expires_at": expires,
+    }
+
+
+async def renew_upload(request: web.Request) -> web.Response:
+    """POST /api/v1/attachments/{id}/upload: the pending upload offered again, with URLs
+    signed now. Part URLs live 24 hours, but no longer than the credentials that sign
+    them: with a role's temporary credentials (an hour, say) every part of a large file
+    had to be begun within that hour. The multipart upload is the same, so parts already
+    sent stay; a file sent in one PUT is sent again whole."""
+    attachment_id = requested_id(request)
+    row = await attachments.upload_of(
+        request.app[DATABASE], attachment_id, request[PRINCIPAL].workspace_id
+    )
+    if not row["upload_pending"]:
+        raise Problem("upload_confirmed")
+    upload = attachments.NewUpload(
+        attachment_id,
+        request[PRINCIPAL].workspace_id,
+        row["bucket"],
+        row["object_key"],
+        row["filename"],
+        row["content_type"],
+        row["size_bytes"],
+        row["sha256"],
+        row["multipart_upload_id"],
+        row["part_size_bytes"],
+    )
+    if upload.multipart_upload_id is None:
+        offered = await offer_put(request, upload)
+    else:
+        plan = plan_parts(row["size_bytes"], row["part_size_bytes"])
+        offered = await offer_planned_parts(request, upload, plan)
+    return web.json_response(attachment_json(row) | {"upload": offered})
 
 
 async def complete(request: web.Request) -> web.Response:

@@ -64,6 +64,8 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "upload_pending": _INCOMPLETE_UPLOAD,
     # Confirming an upload that is not in storage, or not with the size declared for it.
     "upload_incomplete": _INCOMPLETE_UPLOAD,
+    # Asking for upload URLs again once the upload was confirmed: its bytes are final.
+    "upload_confirmed": ProblemType(409, "Conflict", "The attachment's upload is already complete"),
     "payload_too_large": ProblemType(413, "Payload Too Large", "The request body is too large"),
     "rate_limited": ProblemType(
         429, "Too Many Requests", "Too many requests. Please retry after the time given"
