@@ -15,8 +15,11 @@ from datetime import UTC, datetime
 import asyncpg
 
 import service.data.usage
+from service.core.secret_scanning import ReportedToken
 from service.core.tokens import digest
+from service.data.admin import create_key
 from service.data.caches import MISSING
+from service.data.leaked_keys import revoke_reported_keys
 from service.data.pool import Database
 from service.data.usage import KeyUsage
 from service.devstack.ports import free_port
@@ -160,6 +163,41 @@ async def test_the_last_use_is_written_at_shutdown_even_when_the_audit_trail_can
         await client.close()
     assert app[AUDIT].dropped == 1
     assert await last_used(conn, tenant.read_key_id) is not None
+
+
+async def test_a_leak_report_and_a_usage_flush_on_the_same_keys_both_write(
+    database_url, conn, make_tenant
+):
+    """A report's revoke locked its keys in the order of their tokens' digests, a usage
+    flush in the order of their ids: on two keys whose orders differ, the two deadlocked
+    and Postgres failed one (a leak report answered 503). Both lock by id now."""
+    workspace_id = (await make_tenant()).workspace_id
+    keys = [await create_key(conn, workspace_id) for _ in range(2)]
+    while (keys[0].id < keys[1].id) == (digest(keys[0].token) < digest(keys[1].token)):
+        keys[1] = await create_key(conn, workspace_id)  # till the two orders differ
+    keys.sort(key=lambda key: key.id)
+    # The plan of a table of many keys: each by its index, in the index's order.
+    plan = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+    pool = await asyncpg.create_pool(database_url, min_size=0, server_settings=plan)
+    try:
+        db = Database(pool, acquire_timeout=5)
+        usage = KeyUsage(db)
+        for key in keys:
+            usage.touch(key.id)
+        report = [ReportedToken(key.token, "gateway_api_key", None, None) for key in keys]
+        async with conn.transaction():
+            # The first key by id held, so that the usage flush waits for it first.
+            await conn.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", keys[0].id)
+            flushing = asyncio.create_task(usage.flush())
+            await asyncio.sleep(0.3)
+            revoking = asyncio.create_task(revoke_reported_keys(db, report, "127.0.0.1"))
+            await asyncio.sleep(0.5)
+        assert await flushing is True
+        assert await revoking == {digest(key.token) for key in keys}
+    finally:
+        await pool.close()
+    for key in keys:
+        assert await last_used(conn, key.id) is not None
 
 
 def test_key_list_shows_last_use(database_url, make_tenant, conn):
