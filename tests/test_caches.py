@@ -13,6 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+import service.data.caches
 from service.core.attachment import AttachmentTarget
 from service.core.disposition import content_disposition
 from service.core.tokens import digest, display_prefix, generate_token
@@ -656,3 +657,34 @@ def test_whether_the_owner_s_answer_is_cached_evicts_no_refusal():
         return caches.attachment("x", askers[0])
 
     assert first_asker_after(owner_active=True) == first_asker_after(owner_active=False)
+
+
+def test_a_lookup_may_store_unless_what_it_read_changed_meanwhile(monkeypatch):
+    """Changes are remembered by what changed; a workspace's, a flush, or more changes
+    than are remembered count as a change of everything."""
+    monkeypatch.setattr(service.data.caches, "CHANGES_REMEMBERED", 3)
+    caches = HotPathCaches(TTLCache(10, 30), TTLCache(10, 30), TTLCache(10, 30))
+    caches.live = True
+    read_at = caches.generation
+    caches.forget_key(b"other key")
+    caches.forget_attachment("other attachment")
+    assert caches.may_store_key(read_at, b"key") and caches.may_store_attachment(read_at, "a")
+    caches.forget_key(b"key")
+    caches.forget_attachment("a")
+    assert not caches.may_store_key(read_at, b"key")
+    assert not caches.may_store_attachment(read_at, "a")
+    assert caches.may_store_key(caches.generation, b"key")  # read after the change
+    # A workspace's change: every key, no attachment.
+    read_at = caches.generation
+    caches.forget_keys()
+    assert not caches.may_store_key(read_at, b"another key")
+    assert caches.may_store_attachment(read_at, "another attachment")
+    # More changes than are remembered: every attachment.
+    read_at = caches.generation
+    for n in range(4):
+        caches.forget_attachment(f"changed {n}")
+    assert not caches.may_store_attachment(read_at, "unchanged")
+    assert caches.may_store_key(read_at, b"another key")
+    # And nothing at all while the caches are off.
+    caches.live = False
+    assert not caches.may_store_key(caches.generation, b"key")

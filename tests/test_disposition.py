@@ -89,6 +89,9 @@ def test_the_ascii_fallback_is_cut_to_255_bytes_too():
     fallback, encoded = SHAPE.match(value).groups()
     assert len(fallback) <= 255 and fallback.endswith(".txt")
     assert set(fallback.removesuffix(".txt")) == {"_", " "}  # the Arabic words' letters
+    # Cut where the words' space falls, it does not end on it.
+    fallback = SHAPE.match(content_disposition("a" * 17 + "\ufdfa" * 90)).group(1)
+    assert len(fallback) <= 255 and fallback == fallback.strip(" .")
     assert len(unquote(encoded).encode()) <= 255
 
 
@@ -101,7 +104,7 @@ def reference_disposition(filename: str) -> str:
     decomposed = unicodedata.normalize("NFKD", name)
     without_marks = "".join(c for c in decomposed if not unicodedata.combining(c))
     fallback = re.sub(r'[^\x20-\x7e]|["\\%/;*]', "_", without_marks).strip(" .")
-    fallback = _truncate_utf8(fallback, 255) if fallback else "download"
+    fallback = _truncate_utf8(fallback, 255).strip(" .") or "download"
     encoded = quote(name, safe="!#$&+^`|", encoding="utf-8", errors="strict")
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 

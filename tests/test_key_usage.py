@@ -115,8 +115,9 @@ async def test_a_flush_cancelled_by_the_shutdown_leaves_its_batch_to_the_last_on
 async def test_two_replicas_flushing_the_same_keys_at_once_both_write(
     database_url, conn, make_tenant
 ):
-    """Each process's batch held its keys in the order they were first used: two flushes
-    locking the same keys in opposite orders deadlocked, and Postgres failed one."""
+    """Each process's batch locked its keys in the order they were first used: two flushes
+    of the same keys in opposite orders deadlocked, and Postgres failed one. A flush now
+    skips a key another transaction holds, and writes it the next time."""
     keys = sorted([(await make_tenant()).read_key_id for _ in range(3)])
     # The plan of a table of many keys: through the batch's array, a key at a time by its
     # index (on a few rows, Postgres would scan them all in their stored order instead).
@@ -135,6 +136,9 @@ async def test_two_replicas_flushing_the_same_keys_at_once_both_write(
             flushes = [asyncio.create_task(usage.flush()) for usage in replicas]
             await asyncio.sleep(0.5)
         assert await asyncio.gather(*flushes) == [True, True]
+        # The key held meanwhile was left for the next flush, not lost.
+        assert await last_used(conn, keys[1]) is None
+        assert await replicas[0].flush() is True
     finally:
         await pool.close()
     for key_id in keys:
@@ -170,7 +174,8 @@ async def test_a_leak_report_and_a_usage_flush_on_the_same_keys_both_write(
 ):
     """A report's revoke locked its keys in the order of their tokens' digests, a usage
     flush in the order of their ids: on two keys whose orders differ, the two deadlocked
-    and Postgres failed one (a leak report answered 503). Both lock by id now."""
+    and Postgres failed one (a leak report answered 503). A flush now waits for no lock,
+    and a revoke locks by id."""
     workspace_id = (await make_tenant()).workspace_id
     keys = [await create_key(conn, workspace_id) for _ in range(2)]
     while (keys[0].id < keys[1].id) == (digest(keys[0].token) < digest(keys[1].token)):
@@ -194,6 +199,7 @@ async def test_a_leak_report_and_a_usage_flush_on_the_same_keys_both_write(
             await asyncio.sleep(0.5)
         assert await flushing is True
         assert await revoking == {digest(key.token) for key in keys}
+        assert await usage.flush() is True  # the key held meanwhile, left for this one
     finally:
         await pool.close()
     for key in keys:

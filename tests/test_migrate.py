@@ -6,12 +6,18 @@ import asyncio
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import asyncpg
 import pytest
 
 from service.core.settings import DEFAULT_MIGRATIONS_DIR
-from service.data.migrations import MigrationError, apply_migrations, load_migrations
+from service.data.migrations import (
+    MigrationError,
+    _apply,
+    apply_migrations,
+    load_migrations,
+)
 from tests.support.environment import process_env
 
 
@@ -98,6 +104,23 @@ async def test_a_migration_waiting_for_a_busy_table_holds_its_readers_up_for_a_s
     finally:
         await holder.close()
         await reader.close()
+
+
+async def test_a_file_another_runner_applied_with_other_contents_stops_this_one(
+    empty_database,
+):
+    """Each file is looked up again under the lock before it is applied: one that another
+    runner applied meanwhile is skipped only if it is the same file."""
+    await apply_migrations(empty_database, DEFAULT_MIGRATIONS_DIR)
+    first = load_migrations(DEFAULT_MIGRATIONS_DIR)[0]
+    conn = await asyncpg.connect(empty_database, statement_cache_size=0)
+    try:
+        assert await _apply(conn, first) is False  # the same file: nothing to do
+        edited = replace(first, sql=first.sql + "\n-- edited\n", checksum="0" * 64)
+        with pytest.raises(MigrationError, match="applied meanwhile with other contents"):
+            await _apply(conn, edited)
+    finally:
+        await conn.close()
 
 
 def test_badly_named_files_are_refused(own_migrations):

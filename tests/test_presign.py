@@ -296,16 +296,17 @@ async def test_a_refresh_that_fails_is_a_503_and_not_a_call_to_sts_per_request(m
     monkeypatch.setattr(signer_module, "CREDENTIALS_RECHECK_SECONDS", 0.0)  # always due
     refreshes = 0
     sts_answers = True
+    access_key, lifetime = "AKIDEXAMPLE", 590  # inside botocore's mandatory window (10 min)
 
     async def refresh():
         nonlocal refreshes
         refreshes += 1
-        if sts_answers:  # credentials inside botocore's mandatory window (10 minutes)
+        if sts_answers:
             return {
-                "access_key": "AKIDEXAMPLE",
+                "access_key": access_key,
                 "secret_key": "secret",
                 "token": "session",
-                "expiry_time": (datetime.now(UTC) + timedelta(seconds=590)).isoformat(),
+                "expiry_time": (datetime.now(UTC) + timedelta(seconds=lifetime)).isoformat(),
             }
         raise ClientError({"Error": {"Code": "AccessDenied"}}, "AssumeRoleWithWebIdentity")
 
@@ -329,6 +330,12 @@ async def test_a_refresh_that_fails_is_a_503_and_not_a_call_to_sts_per_request(m
         results = await asyncio.gather(
             *(storage.presign("GET", target) for _ in range(50)), return_exceptions=True
         )
+        # STS answers again, and the chain refreshes (asked by anyone): the next URL is
+        # signed with the new credentials, though the signer's own retry is not due yet.
+        sts_answers, access_key, lifetime = True, "AKIDNEWER", 3600
+        await credentials.get_frozen_credentials()
+        renewed = await storage.presign("GET", target)
+        assert "AKIDNEWER" in renewed.url and not renewed.shortened
     refused = [result for result in results if isinstance(result, Exception)]
     assert refused and all(isinstance(result, CredentialsExpiring) for result in refused)
     assert len(refused) <= 2  # UrlLifetime's refresh, and the signer's re-read

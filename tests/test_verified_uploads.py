@@ -23,6 +23,7 @@ from service.web.app import create_app
 from service.web.storage import STORAGE
 from tests.support.http import assert_problem, fetch
 from tests.support.proxy import RecordingHttpProxy
+from tests.support.rate_limits import assert_rate_limited
 from tests.support.storage import BUCKET
 
 
@@ -417,6 +418,24 @@ async def test_a_single_put_is_offered_again_and_a_confirmed_upload_is_not(clien
     assert b"X-Amz-" not in raw
 
 
+async def test_part_urls_cost_a_rate_limit_token_each(serve_app, settings, make_tenant):
+    """Signing thousands of part URLs takes the process a third of a second: counted as
+    one request, a key could have it repeated as fast as its limit allows."""
+    limits = replace(
+        settings,
+        upload_single_put_max_bytes=5 * MIB,
+        upload_part_bytes=5 * MIB,
+        rate_limit_per_key=0.01,
+        rate_limit_burst_per_key=4,
+    )
+    client = await serve_app(create_app(limits))
+    tenant = await make_tenant()
+    response, created = await create(client, tenant, 12 * MIB)  # three parts: 3 of 4
+    assert response.status == 201 and len(created["upload"]["parts"]) == 3
+    response, raw = await renew(client, tenant, created["id"])  # 3 more: 1 was left
+    assert_rate_limited(response, raw, "key", quota=4)
+
+
 async def test_only_a_write_key_of_the_workspace_is_offered_an_upload(client, make_tenant):
     tenant, other = await make_tenant(), await make_tenant()
     _, created = await create(client, tenant, 5)
@@ -425,4 +444,10 @@ async def test_only_a_write_key_of_the_workspace_is_offered_an_upload(client, ma
     response, raw = await renew(client, other, created["id"])
     assert_problem(response.status, raw, "not_found")
     response, raw = await renew(client, tenant, "not-a-uuid")
+    assert_problem(response.status, raw, "not_found")
+    response, _ = await call(
+        client, "DELETE", f"/api/v1/attachments/{created['id']}", tenant.auth("write")
+    )
+    assert response.status == 204
+    response, raw = await renew(client, tenant, created["id"])
     assert_problem(response.status, raw, "not_found")

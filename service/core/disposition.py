@@ -68,5 +68,5 @@ def _ascii_fallback(name: str) -> str:
         name = "".join(c for c in decomposed if not unicodedata.combining(c))
     # Stripped again: `‥` (U+2025) decomposes to `..`. Cut again too: one character may
     # decompose to many (U+FDFA to 18), so a name of 255 bytes may not stay within them.
-    fallback = _FALLBACK_UNSAFE.sub("_", name).strip(" .")
-    return _truncate_utf8(fallback, MAX_FILENAME_BYTES) if fallback else FALLBACK_NAME
+    fallback = _truncate_utf8(_FALLBACK_UNSAFE.sub("_", name).strip(" ."), MAX_FILENAME_BYTES)
+    return fallback.strip(" .") or FALLBACK_NAME  # (a cut may end on a space or a dot)

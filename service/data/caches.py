@@ -109,6 +109,17 @@ class TTLCache(Generic[K, V]):
         return len(self._entries)
 
 
+def remember_change(changes: dict[Any, int], changed: Any, generation: int) -> bool:
+    """Note that `changed` changed at `generation`; False when CHANGES_REMEMBERED are
+    already noted: they are forgotten, and the caller counts it a change of them all (so
+    that nothing looked up before it stores its answer)."""
+    if len(changes) >= CHANGES_REMEMBERED:
+        changes.clear()
+        return False
+    changes[changed] = generation
+    return True
+
+
 @dataclass(slots=True)
 class HotPathCaches:
     """What one process remembers between requests.
@@ -258,10 +269,8 @@ class HotPathCaches:
         row exists, and a deleted one never comes back), and dropping them would let their
         askers time the owner's changes."""
         self.generation += 1
-        if len(self.attachment_changes) >= CHANGES_REMEMBERED:
-            self.attachment_changes.clear()  # counted as all changed: nothing under way stores
+        if not remember_change(self.attachment_changes, attachment_id, self.generation):
             self.all_attachments_changed = self.generation
-        self.attachment_changes[attachment_id] = self.generation
         cached = self.attachments.peek(attachment_id)
         self.attachments.pop(attachment_id)
         if cached is not MISSING:
@@ -273,10 +282,8 @@ class HotPathCaches:
 
     def forget_key(self, token_digest: bytes) -> None:
         self.generation += 1
-        if len(self.key_changes) >= CHANGES_REMEMBERED:
-            self.key_changes.clear()  # counted as all changed: nothing under way stores
+        if not remember_change(self.key_changes, token_digest, self.generation):
             self.all_keys_changed = self.generation
-        self.key_changes[token_digest] = self.generation
         self.keys.pop(token_digest)
 
     def forget_keys(self) -> None:

@@ -142,9 +142,14 @@ async def _apply(conn: asyncpg.Connection, migration: Migration) -> bool:
         try:
             async with conn.transaction():
                 await _lock(conn)
-                found = "SELECT 1 FROM schema_migrations WHERE version = $1"
-                if await conn.fetchval(found, migration.version):
-                    return False
+                found = "SELECT checksum FROM schema_migrations WHERE version = $1"
+                checksum = await conn.fetchval(found, migration.version)
+                if checksum == migration.checksum:
+                    return False  # applied by another runner meanwhile
+                if checksum is not None:
+                    raise MigrationError(
+                        f"{migration.name} was applied meanwhile with other contents"
+                    )
                 await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 await conn.execute(migration.sql)
                 await conn.execute(

@@ -21,11 +21,26 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 20.0
 FINAL_FLUSH_SECONDS = 2.0
 
+# A key another transaction holds (being revoked or renamed) is skipped, not waited for,
+# and written by the next flush; the statement answers those keys. So a flush never waits
+# on a row lock: two replicas' flushes, or a flush and a leak report's revoke, cannot
+# deadlock, and the last flush at shutdown is held up only by a slow database.
 RECORD_LAST_USE = """
-    UPDATE api_keys k SET last_used_at = to_timestamp(used.minute * 60)
-    FROM unnest($1::uuid[], $2::bigint[]) AS used(id, minute)
-    WHERE k.id = used.id
-      AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(used.minute * 60))
+    WITH used AS (
+        SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS u (id, minute)
+    ), locked AS (
+        SELECT k.id, used.minute
+        FROM api_keys k JOIN used ON used.id = k.id
+        FOR UPDATE OF k SKIP LOCKED
+    ), written AS (
+        UPDATE api_keys k SET last_used_at = to_timestamp(locked.minute * 60)
+        FROM locked
+        WHERE k.id = locked.id
+          AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(locked.minute * 60))
+    )
+    SELECT used.id FROM used
+    WHERE used.id NOT IN (SELECT id FROM locked)
+      AND EXISTS (SELECT 1 FROM api_keys k WHERE k.id = used.id)
 """
 
 
@@ -51,10 +66,7 @@ class KeyUsage:
         # Forget keys not used this minute: their next use writes again.
         self._noted = {k: m for k, m in self._noted.items() if m == current}
         try:
-            # In one order in every process: two replicas' flushes locking the same keys
-            # in opposite orders would deadlock, and one of them would fail.
-            ids = sorted(batch)
-            await self._db.fetch(RECORD_LAST_USE, ids, [batch[key_id] for key_id in ids])
+            busy = await self._db.fetch(RECORD_LAST_USE, list(batch), list(batch.values()))
         except DatabaseUnavailable:
             self._keep(batch)
             log.warning("could not record key usage; will retry")
@@ -64,6 +76,7 @@ class KeyUsage:
             # writes the batch.
             self._keep(batch)
             raise
+        self._keep({row["id"]: batch[row["id"]] for row in busy})
         return True
 
     def _keep(self, batch: dict[uuid.UUID, int]) -> None:

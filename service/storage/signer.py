@@ -83,8 +83,8 @@ def bucket_prefix_from(url: str) -> BucketPrefix:
     if not parts.path.endswith("/" + _PROBE_KEY) or credential is None:
         raise ValueError("unexpected presigned URL shape")
     path = parts.path[: -len(_PROBE_KEY)]
-    # "AKID/20261207/us-east-1/s3/aws4_request": an access key holds no "/".
-    scope = credential[0].split("/", 2)[2]
+    # "AKID/20261207/us-east-1/s3/aws4_request" (an S3-compatible store's key may hold "/").
+    scope = "/".join(credential[0].split("/")[-3:])
     return BucketPrefix(f"{parts.scheme}://{parts.netloc}{path}", path, signed_host(url), scope)
 
 
@@ -144,21 +144,22 @@ class QuerySigner:
         failed refresh is, and is not tried again for RETRY_SECONDS: each request would
         call STS and fail the same way."""
         now = time.monotonic()
-        expiry = getattr(self._credentials, "_expiry_time", None)
-        if self._frozen is not None and (
-            (now < self._recheck_at and expiry == self._frozen_expiry) or self._reread.locked()
+        # Frozen ones are used only while they are the chain's (its expiry unchanged):
+        # URLs' lifetimes are bounded by the chain's, so a refresh made elsewhere must
+        # reach the signer before the next URL.
+        current = getattr(self._credentials, "_expiry_time", None) == self._frozen_expiry
+        if (
+            self._frozen is not None
+            and current
+            and (now < self._recheck_at or self._reread.locked())
         ):
             return self._frozen
         async with self._reread:
             now = time.monotonic()
-            expiry = getattr(self._credentials, "_expiry_time", None)
-            if (
-                self._frozen is not None
-                and now < self._recheck_at
-                and expiry == self._frozen_expiry
-            ):
+            current = getattr(self._credentials, "_expiry_time", None) == self._frozen_expiry
+            if self._frozen is not None and current and now < self._recheck_at:
                 return self._frozen  # re-read by the task this one waited for
-            if now < self._retry_at:  # a re-read failed moments ago
+            if current and now < self._retry_at:  # a re-read failed moments ago
                 if self._frozen is None:
                     raise CredentialsExpiring("credentials could not be loaded")
                 return self._frozen

@@ -33,7 +33,7 @@ from ..storage.objects import (
     start_multipart,
     stored_object,
 )
-from .auth import PRINCIPAL
+from .auth import PRINCIPAL, spend
 from .caches import CACHES
 from .config import SETTINGS
 from .database import DATABASE
@@ -234,6 +234,7 @@ async def offer_parts(
     storage = request.app[STORAGE]
     part_size = part_size_for(new.size, settings.upload_part_bytes)
     plan = plan_parts(new.size, part_size)
+    await spend(request, len(plan) - 1)  # a URL a part: the request counted for one
     upload_id = await start_multipart(
         storage.internal_client(), new.bucket, new.object_key, new.content_type
     )
@@ -281,21 +282,22 @@ async def renew_upload(request: web.Request) -> web.Response:
     if not row["upload_pending"]:
         raise Problem("upload_confirmed")
     upload = attachments.NewUpload(
-        attachment_id,
-        request[PRINCIPAL].workspace_id,
-        row["bucket"],
-        row["object_key"],
-        row["filename"],
-        row["content_type"],
-        row["size_bytes"],
-        row["sha256"],
-        row["multipart_upload_id"],
-        row["part_size_bytes"],
+        attachment_id=attachment_id,
+        workspace_id=request[PRINCIPAL].workspace_id,
+        bucket=row["bucket"],
+        object_key=row["object_key"],
+        filename=row["filename"],
+        content_type=row["content_type"],
+        size=row["size_bytes"],
+        sha256=row["sha256"],
+        multipart_upload_id=row["multipart_upload_id"],
+        part_size=row["part_size_bytes"],
     )
     if upload.multipart_upload_id is None:
         offered = await offer_put(request, upload)
     else:
         plan = plan_parts(row["size_bytes"], row["part_size_bytes"])
+        await spend(request, len(plan) - 1)  # as at creation
         offered = await offer_planned_parts(request, upload, plan)
     return web.json_response(attachment_json(row) | {"upload": offered})
 
