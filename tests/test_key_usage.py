@@ -150,8 +150,8 @@ async def test_the_last_use_is_written_at_shutdown_even_when_the_audit_trail_can
 ):
     """At shutdown the audit trail's last write, given up on a database that did not take
     it, terminated the background pool, and key usage's last write, which came after it,
-    failed at once: the last minute of `last_used_at` was lost. Key usage (one small
-    UPDATE) now writes first."""
+    failed at once: the last minute of `last_used_at` was lost. The trail still writes
+    first (its rows are the record); key usage then gets a pool of its own."""
     # The trail keeps its rows for the shutdown's write.
     app = create_app(replace(settings, audit_flush_seconds=3600))
     client = await serve_app(app)
@@ -204,6 +204,29 @@ async def test_a_leak_report_and_a_usage_flush_on_the_same_keys_both_write(
         await pool.close()
     for key in keys:
         assert await last_used(conn, key.id) is not None
+
+
+async def test_the_last_flush_tries_a_held_key_again(database_url, conn, make_tenant, caplog):
+    """A flush skips a key another transaction holds and leaves it to the next flush; at
+    exit there is none, so the last one tries it again for a while."""
+    held, busy = (await make_tenant()).read_key_id, (await make_tenant()).read_key_id
+    pool = await asyncpg.create_pool(database_url, min_size=0)
+    try:
+        usage = KeyUsage(Database(pool, acquire_timeout=5))
+        usage.touch(held)
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", held)
+            flushing = asyncio.create_task(usage.flush_at_exit())
+            await asyncio.sleep(0.15)  # its first try skipped the key
+        assert await flushing is True
+        assert await last_used(conn, held) is not None
+        usage.touch(busy)
+        async with conn.transaction():  # held for longer than it tries
+            await conn.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", busy)
+            assert await usage.flush_at_exit() is False
+        assert "1 keys held by other transactions, not written" in caplog.text
+    finally:
+        await pool.close()
 
 
 def test_key_list_shows_last_use(database_url, make_tenant, conn):

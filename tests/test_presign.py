@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import botocore.auth
 import pytest
-from aiobotocore.credentials import AioDeferredRefreshableCredentials
+from aiobotocore.credentials import AioDeferredRefreshableCredentials, AioRefreshableCredentials
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -344,3 +344,25 @@ async def test_a_refresh_that_fails_is_a_503_and_not_a_call_to_sts_per_request(m
     signed = [url for url in results if isinstance(url, PresignedUrl)]
     assert len(signed) >= 48
     assert all(url.shortened and url.expires_at_us <= latest * 1e6 for url in signed)
+
+
+async def test_a_signer_whose_first_read_fails_asks_sts_once_a_retry_window():
+    """Credentials inside botocore's last ten minutes when the process starts (a container
+    role's), and STS down: each request of a burst read them in turn, each a call to STS,
+    because the signer had no frozen ones to compare the chain with."""
+    refreshes = 0
+
+    async def refresh():
+        nonlocal refreshes
+        refreshes += 1
+        raise ClientError({"Error": {"Code": "AccessDenied"}}, "AssumeRoleWithWebIdentity")
+
+    expiry = (datetime.now(UTC) + timedelta(seconds=590)).isoformat()
+    metadata = {"access_key": "AKID", "secret_key": "s", "token": "t", "expiry_time": expiry}
+    credentials = AioRefreshableCredentials.create_from_metadata(metadata, refresh, "test")
+    signer = QuerySigner(client=None, credentials=credentials)
+    results = await asyncio.gather(
+        *(signer.credentials() for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(result, CredentialsExpiring) for result in results), results
+    assert refreshes == 1

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from service.core.tokens import generate_token
+from service.core.uploads import MIB
 from service.devstack.redis_server import REDIS_SERVER, redis_available, run_redis
 from service.web.app import create_app
 from service.web.caches import CACHES
@@ -203,6 +204,22 @@ async def test_a_batch_of_links_spends_one_token_per_id_from_the_shared_bucket(r
     assert re.search(r";r=2;", response.headers["RateLimit"])
     assert (await batch(second, 2))[0].status == 200
     assert_rate_limited(*(await download(first, attachment_id, tenant.auth())), "key", quota=6)
+
+
+async def test_part_urls_spend_a_token_each_from_the_shared_bucket(replicas):
+    (first, second), tenant, _ = await replicas(
+        upload_single_put_max_bytes=5 * MIB,
+        upload_part_bytes=5 * MIB,
+        rate_limit_per_key=0.01,
+        rate_limit_burst_per_key=4,
+    )
+    write = tenant.auth("write")
+    document = {"filename": "big.bin", "size_bytes": 12 * MIB}  # three parts
+    response = await first.post("/api/v1/attachments", json=document, headers=write)
+    assert response.status == 201  # 3 of the 4
+    created = await response.json()
+    response = await second.post(f"/api/v1/attachments/{created['id']}/upload", headers=write)
+    assert_rate_limited(response, await response.read(), "key", quota=4)
 
 
 async def test_secret_scanning_reports_spend_one_bucket_per_address_across_replicas(replicas):

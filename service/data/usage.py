@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 20.0
 FINAL_FLUSH_SECONDS = 2.0
+# At exit, keys another transaction holds are tried again this often, this many times.
+BUSY_RETRY_SECONDS = 0.1
+BUSY_RETRIES = 5
 
 # A key another transaction holds (being revoked or renamed) is skipped, not waited for,
 # and written by the next flush; the statement answers those keys. So a flush never waits
@@ -31,7 +34,7 @@ RECORD_LAST_USE = """
     ), locked AS (
         SELECT k.id, used.minute
         FROM api_keys k JOIN used ON used.id = k.id
-        FOR UPDATE OF k SKIP LOCKED
+        FOR NO KEY UPDATE OF k SKIP LOCKED
     ), written AS (
         UPDATE api_keys k SET last_used_at = to_timestamp(locked.minute * 60)
         FROM locked
@@ -57,8 +60,9 @@ class KeyUsage:
             self._noted[key_id] = minute
             self._pending[key_id] = minute
 
-    async def flush(self) -> bool:
-        """Write what was noted; False (and nothing lost) if the database said no."""
+    async def flush(self, db: Database | None = None) -> bool:
+        """Write what was noted (through `db` if given); False (and nothing lost) if the
+        database said no."""
         if not self._pending:
             return True
         batch, self._pending = self._pending, {}
@@ -66,7 +70,7 @@ class KeyUsage:
         # Forget keys not used this minute: their next use writes again.
         self._noted = {k: m for k, m in self._noted.items() if m == current}
         try:
-            busy = await self._db.fetch(RECORD_LAST_USE, list(batch), list(batch.values()))
+            busy = await (db or self._db).fetch(RECORD_LAST_USE, list(batch), list(batch.values()))
         except DatabaseUnavailable:
             self._keep(batch)
             log.warning("could not record key usage; will retry")
@@ -78,6 +82,20 @@ class KeyUsage:
             raise
         self._keep({row["id"]: batch[row["id"]] for row in busy})
         return True
+
+    async def flush_at_exit(self, db: Database | None = None) -> bool:
+        """The last flush: keys another transaction held are tried again a few times,
+        since no later flush will; what is left is logged. (Bounded by its caller too.)"""
+        for _ in range(BUSY_RETRIES):
+            if not await self.flush(db):
+                return False
+            if not self._pending:
+                return True
+            await asyncio.sleep(BUSY_RETRY_SECONDS)
+        log.warning(
+            "key usage: %d keys held by other transactions, not written", len(self._pending)
+        )
+        return False
 
     def _keep(self, batch: dict[uuid.UUID, int]) -> None:
         for key_id, minute in batch.items():  # the newest minute of each key

@@ -49,6 +49,7 @@ CREDENTIALS_RECHECK_SECONDS = 60.0
 # refreshes do).
 RETRY_SECONDS = REFRESH_INTERVAL_SECONDS
 _PROBE_KEY = "k"
+_NEVER = object()
 ENCODING_MEMO_SIZE = 200_000
 # botocore's query signer leaves this one header value out (it is the type botocore itself
 # gives form posts), so a URL for an upload of this type does not bind its Content-Type.
@@ -112,6 +113,7 @@ class QuerySigner:
         self._frozen_expiry: Any = None
         self._recheck_at = 0.0
         self._retry_at = 0.0
+        self._failed_expiry: Any = _NEVER  # the chain's expiry when a re-read last failed
         self._reread = asyncio.Lock()
         self._timestamp_of: datetime | None = None
         self._timestamp = ""
@@ -156,17 +158,20 @@ class QuerySigner:
             return self._frozen
         async with self._reread:
             now = time.monotonic()
-            current = getattr(self._credentials, "_expiry_time", None) == self._frozen_expiry
+            expiry = getattr(self._credentials, "_expiry_time", None)
+            current = expiry == self._frozen_expiry
             if self._frozen is not None and current and now < self._recheck_at:
                 return self._frozen  # re-read by the task this one waited for
-            if current and now < self._retry_at:  # a re-read failed moments ago
-                if self._frozen is None:
-                    raise CredentialsExpiring("credentials could not be loaded")
+            # A re-read failed moments ago, and the chain has not changed since.
+            if now < self._retry_at and expiry == self._failed_expiry:
+                if self._frozen is None or not current:
+                    raise CredentialsExpiring("credentials could not be refreshed")
                 return self._frozen
             try:
                 self._frozen = await self._credentials.get_frozen_credentials()
             except Exception as exc:
                 self._retry_at = now + RETRY_SECONDS
+                self._failed_expiry = getattr(self._credentials, "_expiry_time", None)
                 raise CredentialsExpiring("credentials could not be refreshed") from exc
             self._frozen_expiry = getattr(self._credentials, "_expiry_time", None)
             self._recheck_at = now + CREDENTIALS_RECHECK_SECONDS

@@ -59,10 +59,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(start_shutdown_clock)
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(attachment_lookups_context)
-    # Closed in reverse: key usage's last write (one small UPDATE) before the audit
-    # trail's, which may be given up on and take the background pool with it.
-    app.cleanup_ctx.append(audit_context)
     app.cleanup_ctx.append(key_usage_context)
+    app.cleanup_ctx.append(audit_context)  # closed first: its rows are the record
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(shared_limits_context)
     app.cleanup_ctx.append(invalidation_context)  # turns the caches on once it listens

@@ -234,7 +234,7 @@ async def offer_parts(
     storage = request.app[STORAGE]
     part_size = part_size_for(new.size, settings.upload_part_bytes)
     plan = plan_parts(new.size, part_size)
-    await spend(request, len(plan) - 1)  # a URL a part: the request counted for one
+    await spend(request, len(plan))  # a URL a part
     upload_id = await start_multipart(
         storage.internal_client(), new.bucket, new.object_key, new.content_type
     )
@@ -297,7 +297,7 @@ async def renew_upload(request: web.Request) -> web.Response:
         offered = await offer_put(request, upload)
     else:
         plan = plan_parts(row["size_bytes"], row["part_size_bytes"])
-        await spend(request, len(plan) - 1)  # as at creation
+        await spend(request, len(plan))  # as at creation
         offered = await offer_planned_parts(request, upload, plan)
     return web.json_response(attachment_json(row) | {"upload": offered})
 

@@ -64,8 +64,8 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
     ]
     yield
     await stop_tasks(app, tasks, pool.terminate)
-    # Bounded, like every step of shutdown (half of what is left: the pools come after;
-    # key usage wrote before); what is not written in time is counted as dropped.
+    # Bounded, like every step of shutdown (half of what is left: the key usage and the
+    # pools come after); what is not written in time is counted as dropped.
     await finish_or_abort(app, trail.flush(), pool.terminate, FINAL_FLUSH_SECONDS, 0.5)
     if len(trail):
         trail.dropped += len(trail)

@@ -131,13 +131,11 @@ def entitle(principal: Principal) -> None:
         raise Problem("forbidden", reason="no_api_access")
 
 
-async def limit(request: web.Request, principal: Principal, requests: int | None = None) -> None:
+async def limit(request: web.Request, principal: Principal) -> None:
     """The request's cost to the key's and to its workspace's rate limits (the cluster's,
-    when they are shared, with the address's failed attempts): `requests`, by default
-    what `requests_in` counts."""
+    when they are shared, with the address's failed attempts)."""
     limits = request.app[RATE_LIMITS]
-    if requests is None:
-        requests = requests_in(request)
+    requests = requests_in(request)
     if limits.shared is None:
         limits.admit(principal.key_id, principal.workspace_id, requests)
     else:
@@ -147,12 +145,20 @@ async def limit(request: web.Request, principal: Principal, requests: int | None
 
 
 async def spend(request: web.Request, requests: int) -> None:
-    """Spend `requests` more of the caller's key and workspace buckets, or raise the 429:
-    for a request found to cost more once read. An upload's part URLs count one each
-    (at most a bucket's burst), as download links do: signing 10,000 of them takes the
+    """Charge a request counted as one (`limit`) for the `requests` it turned out to
+    cost once read, or raise the 429. An upload's part URLs count one each (at most a
+    bucket's burst in all), as download links do: signing 10,000 of them takes the
     process a third of a second, which one token a request would let a key repeat."""
-    if requests >= 1:
-        await limit(request, request[PRINCIPAL], requests)
+    if requests <= 1:
+        return
+    principal = request[PRINCIPAL]
+    limits = request.app[RATE_LIMITS]
+    if limits.shared is None:
+        limits.admit_beyond(principal.key_id, principal.workspace_id, requests, counted=1)
+    else:
+        await limits.admit_shared(
+            principal.key_id, principal.workspace_id, request[CLIENT_ADDRESS], requests, 1
+        )
 
 
 def requests_in(request: web.Request) -> int:

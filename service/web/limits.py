@@ -67,6 +67,11 @@ class TokenBuckets:
         bucket holds (else a batch bigger than the burst could never be admitted)."""
         return min(requests, self.burst)
 
+    def cost_beyond(self, requests: int, counted: int) -> int:
+        """What `requests` cost beyond the `counted` already spent for the same request:
+        the two together never more than the bucket holds."""
+        return self.cost(requests) - self.cost(counted)
+
     def take(self, key: Hashable, requests: int = 1, now: float | None = None) -> bool:
         """Spend a token per request if there are that many (`now`: the caller's clock
         read, when it takes from several policies at once). Inlined: it runs twice on
@@ -151,11 +156,17 @@ class RateLimits:
         self.refused_addresses = TokenBuckets("failed-auth", *failed_auth_per_address)
 
     async def admit_shared(
-        self, key_id: Hashable, workspace_id: Hashable, address: str | None, requests: int = 1
+        self,
+        key_id: Hashable,
+        workspace_id: Hashable,
+        address: str | None,
+        requests: int = 1,
+        counted: int = 0,
     ) -> None:
         """`admit` on the cluster's buckets; the address's failed attempts are looked at
         here, with the rest, since no process alone knows them (so an address that used
-        them up is refused with a right token as with a wrong one)."""
+        them up is refused with a right token as with a wrong one). With `counted`, as
+        `admit_beyond`: only what the request costs beyond that."""
         assert self.shared is not None
         asks: list[Ask] = []
         policies: list[TokenBuckets] = []
@@ -164,18 +175,28 @@ class RateLimits:
             (KEY, self.keys, key_id),
             (WORKSPACE, self.workspaces, workspace_id),
         ):
-            if policy.enabled:
-                # The address's failed attempts are only looked at, never spent here.
-                spend = 0 if number == FAILED_AUTH else policy.cost(requests)
-                asks.append((number, spend, str(subject)))
-                policies.append(policy)
+            if not policy.enabled:
+                continue
+            if number == FAILED_AUTH:  # only looked at, never spent here
+                spend = 0
+            elif counted:
+                spend = policy.cost_beyond(requests, counted)
+                if spend < 1:
+                    continue
+            else:
+                spend = policy.cost(requests)
+            asks.append((number, spend, str(subject)))
+            policies.append(policy)
         if not asks:
             return
         try:
             verdict = await self.shared.ask(asks)
         except SharedLimitsDown:
             self.check_address(address)
-            self.admit(key_id, workspace_id, requests)
+            if counted:
+                self.admit_beyond(key_id, workspace_id, requests, counted)
+            else:
+                self.admit(key_id, workspace_id, requests)
             return
         if verdict is not None:
             position, tokens = verdict
@@ -183,7 +204,7 @@ class RateLimits:
             if refusing is self.failed_auth:
                 self.refused_addresses.set_level(address, tokens, time.monotonic())
                 raise refusing.refusal(tokens)
-            raise refusing.refusal(tokens, requests)
+            raise refusing.refusal(tokens, asks[position][1])
 
     async def failed_shared(self, address: str | None) -> None:
         """`failed` on the cluster's bucket of the address; the 429 if it is used up."""
@@ -235,6 +256,23 @@ class RateLimits:
             if self.keys.enabled:
                 self.keys.give_back(key_id, requests, now)
             raise self.workspaces.refused(workspace_id, requests)
+
+    def admit_beyond(
+        self, key_id: Hashable, workspace_id: Hashable, requests: int, counted: int
+    ) -> None:
+        """`admit` for a request already admitted as `counted` that turned out to cost
+        `requests` (an upload's part URLs): each bucket is charged the difference, so that
+        the request costs no more in all than the bucket holds."""
+        now = time.monotonic()
+        keys, workspaces = self.keys, self.workspaces
+        key_spend = keys.cost_beyond(requests, counted) if keys.enabled else 0
+        if key_spend > 0 and not keys.take(key_id, key_spend, now):
+            raise keys.refused(key_id, key_spend)
+        workspace_spend = workspaces.cost_beyond(requests, counted) if workspaces.enabled else 0
+        if workspace_spend > 0 and not workspaces.take(workspace_id, workspace_spend, now):
+            if key_spend > 0:
+                keys.give_back(key_id, key_spend, now)
+            raise workspaces.refused(workspace_id, workspace_spend)
 
     def check_address(self, address: str | None) -> None:
         """An address that has used up its failed attempts is refused before its token is
