@@ -86,12 +86,13 @@ class KeyUsage:
     async def flush_at_exit(self, db: Database | None = None) -> bool:
         """The last flush: keys another transaction held are tried again a few times,
         since no later flush will; what is left is logged. (Bounded by its caller too.)"""
-        for _ in range(BUSY_RETRIES):
+        for attempt in range(1 + BUSY_RETRIES):
+            if attempt:
+                await asyncio.sleep(BUSY_RETRY_SECONDS)
             if not await self.flush(db):
                 return False
             if not self._pending:
                 return True
-            await asyncio.sleep(BUSY_RETRY_SECONDS)
         log.warning(
             "key usage: %d keys held by other transactions, not written", len(self._pending)
         )

@@ -178,6 +178,8 @@ class RateLimits:
             if not policy.enabled:
                 continue
             if number == FAILED_AUTH:  # only looked at, never spent here
+                if counted:  # (looked at already, when the request was counted)
+                    continue
                 spend = 0
             elif counted:
                 spend = policy.cost_beyond(requests, counted)
@@ -192,10 +194,10 @@ class RateLimits:
         try:
             verdict = await self.shared.ask(asks)
         except SharedLimitsDown:
-            self.check_address(address)
             if counted:
                 self.admit_beyond(key_id, workspace_id, requests, counted)
             else:
+                self.check_address(address)
                 self.admit(key_id, workspace_id, requests)
             return
         if verdict is not None:
@@ -204,7 +206,8 @@ class RateLimits:
             if refusing is self.failed_auth:
                 self.refused_addresses.set_level(address, tokens, time.monotonic())
                 raise refusing.refusal(tokens)
-            raise refusing.refusal(tokens, asks[position][1])
+            # A retry spends what it was counted as again: the wait is for the whole.
+            raise refusing.refusal(tokens, requests if counted else asks[position][1])
 
     async def failed_shared(self, address: str | None) -> None:
         """`failed` on the cluster's bucket of the address; the 429 if it is used up."""
@@ -266,13 +269,15 @@ class RateLimits:
         now = time.monotonic()
         keys, workspaces = self.keys, self.workspaces
         key_spend = keys.cost_beyond(requests, counted) if keys.enabled else 0
+        # Refused, the wait is for the whole request: a retry spends what it was counted
+        # as again before this.
         if key_spend > 0 and not keys.take(key_id, key_spend, now):
-            raise keys.refused(key_id, key_spend)
+            raise keys.refused(key_id, requests)
         workspace_spend = workspaces.cost_beyond(requests, counted) if workspaces.enabled else 0
         if workspace_spend > 0 and not workspaces.take(workspace_id, workspace_spend, now):
             if key_spend > 0:
                 keys.give_back(key_id, key_spend, now)
-            raise workspaces.refused(workspace_id, workspace_spend)
+            raise workspaces.refused(workspace_id, requests)
 
     def check_address(self, address: str | None) -> None:
         """An address that has used up its failed attempts is refused before its token is
