@@ -72,6 +72,14 @@ async def downloaded(client, tenant, attachment_id):
     return link, body
 
 
+def calls_through(settings, internal, seaweed, **more):
+    """Settings whose gateway makes its own S3 calls through `internal` (a recording
+    proxy), while the URLs it hands out are signed for SeaweedFS itself."""
+    return replace(
+        settings, s3_endpoint_url=internal.url, s3_public_endpoint_url=seaweed.endpoint_url, **more
+    )
+
+
 @pytest.fixture
 async def multipart_client(serve_app, settings):
     """Parts of 5 MiB (S3's least) above one PUT of 5 MiB: a 12 MiB file is three parts."""
@@ -290,12 +298,12 @@ async def test_confirming_bytes_that_do_not_match_reads_them_once(
     """Each `complete` of a multipart upload whose bytes did not match read the whole object
     back again (up to 1 GiB a call): three at once and one more read it once."""
     async with RecordingHttpProxy(seaweed.endpoint_url) as internal:
-        limits = replace(
+        limits = calls_through(
             settings,
+            internal,
+            seaweed,
             upload_single_put_max_bytes=5 * MIB,
             upload_part_bytes=5 * MIB,
-            s3_endpoint_url=internal.url,  # the gateway's own calls, counted
-            s3_public_endpoint_url=seaweed.endpoint_url,  # what the URLs are signed for
         )
         client = await serve_app(create_app(limits))
         tenant = await make_tenant()
@@ -326,9 +334,7 @@ async def test_a_head_without_content_length_is_503_not_500(
     """A store (or a proxy before it) that answers HEAD without Content-Length: `complete`
     cannot tell the size, which is the storage's failure, not ours."""
     async with RecordingHttpProxy(seaweed.endpoint_url, head_without_length=True) as internal:
-        limits = replace(
-            settings, s3_endpoint_url=internal.url, s3_public_endpoint_url=seaweed.endpoint_url
-        )
+        limits = calls_through(settings, internal, seaweed)
         client = await serve_app(create_app(limits))
         tenant = await make_tenant()
         body = b"sized\n"
@@ -347,9 +353,7 @@ async def test_a_read_back_cut_short_is_503_not_500(
     """The storage closing the connection in the middle of the object `complete` reads
     back: aiobotocore passes on aiohttp's payload error as it is, which was a 500."""
     async with RecordingHttpProxy(seaweed.endpoint_url, cut_bodies=True) as internal:
-        limits = replace(
-            settings, s3_endpoint_url=internal.url, s3_public_endpoint_url=seaweed.endpoint_url
-        )
+        limits = calls_through(settings, internal, seaweed)
         client = await serve_app(create_app(limits))
         tenant = await make_tenant()
         body = b"read back, but only half of it arrives\n"

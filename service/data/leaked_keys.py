@@ -24,7 +24,7 @@ REVOKE_REPORTED = """
         SELECT k.id, k.workspace_id, k.display_prefix, k.token_digest, k.revoked_at
         FROM api_keys k
         WHERE k.token_digest IN (SELECT digest FROM reported)
-        ORDER BY k.id  -- locked in one order, as key usage's writes lock them (no deadlock)
+        ORDER BY k.id  -- locked in one order: two reports of the same keys never deadlock
         FOR UPDATE
     ), revoked AS (
         UPDATE api_keys k SET revoked_at = now()
