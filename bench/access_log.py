@@ -7,8 +7,9 @@ bench`'s `shipped` build), takes turns every PHASE_SECONDS between its access lo
 line at all (AccessLogger.log doing nothing), while wrk keeps it saturated on the warm
 workload; the process's CPU time and requests are summed for each turn. The difference of
 CPU per request is the access log's cost: the work of each line, deferred or not, and
-the writes. (aiohttp's own part, a clock read and a call per request while the access
-log is enabled, is in both.) Results in bench/results/access_log.json.
+the writes (the lines a turn of the access log leaves waiting are written before it
+closes). (aiohttp's own part, a clock read and a call per request while the access log
+is enabled, is in both.) Results in bench/results/access_log.json.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from .run import (
     pinned,
     prepare_to_load,
     run_wrk,
+    start_process,
+    stop_process,
     wait_listening,
     workload_data,
 )
@@ -73,6 +76,10 @@ def serve_taking_turns(port: int, counts_file: Path) -> int:
         nonlocal turn, requests, started
         now = time.perf_counter()
         if now - started >= PHASE_SECONDS:
+            if TURNS[turn] == "access log" and self._deferred is not None:
+                # The turn's lines are made and written in it: left waiting, the timer's
+                # flush would do it in whichever turn it fell, often the other one.
+                self._deferred.handler.write_deferred()
             close_turn()
             turn, started = 1 - turn, now
         requests += 1
@@ -90,12 +97,7 @@ def serve_taking_turns(port: int, counts_file: Path) -> int:
 
 def start_taking_turns(port: int, database_url: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "bench.access_log", "--serve", str(port)]
-    return subprocess.Popen(
-        pinned(0, command),
-        env=build_env("shipped", database_url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_process(pinned(0, command), build_env("shipped", database_url))
 
 
 def counts_now(process: subprocess.Popen[bytes], counts_file: Path) -> dict[str, Any]:
@@ -130,8 +132,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(run)
                     print(f"  launch {launch + 1} c={connections:<5} {run}", flush=True)
             finally:
-                process.terminate()
-                process.wait(20)
+                stop_process(process)
     finally:
         stop_database()
     return {

@@ -32,6 +32,7 @@ from .run import (
     launch,
     pinned,
     run_wrk,
+    stop_process,
     wait_listening,
     workload_data,
 )
@@ -128,8 +129,7 @@ async def profile(args: argparse.Namespace, py_spy: str) -> str:
             stats = run_wrk(wrk, port, args.connections, args.seconds, data)
             spy.wait(args.seconds + 30)
         finally:
-            process.terminate()
-            process.wait(20)
+            stop_process(process)
     finally:
         stop_database()
     header = (

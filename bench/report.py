@@ -118,9 +118,10 @@ def markdown(results: dict[str, Any]) -> str:
     if "full_caches" in results:
         full = results["full_caches"]
         filled = ", ".join(f"{name} {count:,}" for name, count in full["entries"].items())
-        lines.append(
-            f"Caches filled at default sizes ({filled} entries): gateway RSS {full['rss_mb']} MB."
-        )
+        sizes = full.get("sizes", {})
+        reached = all(full["entries"].get(name, 0) >= size for name, size in sizes.items())
+        state = "filled at default sizes" if reached else "short of their default sizes"
+        lines.append(f"Caches {state} ({filled} entries): gateway RSS {full['rss_mb']} MB.")
     if "idle" in results:
         idle = results["idle"]
         lines.append(

@@ -32,6 +32,8 @@ from service.devstack.pgbouncer import run_pgbouncer
 from service.devstack.ports import free_port
 from service.devstack.redis_server import run_redis
 
+from .run import start_process, stop_process
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -39,6 +41,7 @@ def gateway_env(bouncer_url: str, direct_url: str, redis_url: str) -> dict[str, 
     return {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(HERE.parent),
+        "HOST": "127.0.0.1",
         "DATABASE_URL": bouncer_url,
         "DATABASE_DIRECT_URL": direct_url,
         "DB_STATEMENT_CACHE_SIZE": "0",
@@ -63,12 +66,7 @@ def gateway_env(bouncer_url: str, direct_url: str, redis_url: str) -> dict[str, 
 
 def start_gateways(ports: list[int], env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     return [
-        subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        start_process([sys.executable, "-m", "service", "serve", "--port", str(port)], env)
         for port in ports
     ]
 
@@ -153,7 +151,7 @@ async def measure(replicas: int, trials: int, workdir: Path) -> list[float]:
         for process in processes:
             process.terminate()
         for process in processes:
-            process.wait(20)
+            stop_process(process)
         server.cleanup()
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import random
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,9 +47,14 @@ from service.core.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from service.core.tokens import digest, display_prefix, generate_token
 from service.data.migrations import apply_migrations
 from service.devstack.ports import free_port
+from service.devstack.processes import stop
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+# The bench's own directory: its data files, its Postgres, and the servers' working
+# directory. The gateway reads a `.env` in the directory it starts in, and one left in the
+# checkout (as the README's setup makes) would change the builds measured.
+WORKDIR = HERE / ".work"
 ENDPOINT = "http://127.0.0.1:9"  # discard port: URLs are verified, never fetched
 REGION = "us-east-1"
 ACCESS_KEY, SECRET_KEY = "AKIABENCHMARK0000001", "bench-secret-key-not-a-real-one-000000000"
@@ -108,6 +115,7 @@ def server_env(database_url: str, log_level: str, audit: bool) -> dict[str, str]
     return {
         "AUDIT_ENABLED": "true" if audit else "false",
         "PATH": os.environ["PATH"],
+        "HOST": "127.0.0.1",
         "DATABASE_URL": database_url,
         "S3_ENDPOINT_URL": ENDPOINT,
         "S3_REGION": REGION,
@@ -134,9 +142,8 @@ def prepare_to_load() -> tuple[str, Path]:
     wrk = ensure_wrk()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    workdir = HERE / ".work"
-    workdir.mkdir(exist_ok=True)
-    return wrk, workdir
+    WORKDIR.mkdir(exist_ok=True)
+    return wrk, WORKDIR
 
 
 def ensure_wrk() -> str:
@@ -146,7 +153,7 @@ def ensure_wrk() -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing wrk (Debian package) ...", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
         found = shutil.which("wrk")
     if not found:
         sys.exit("bench: wrk is missing; install it (Debian/Ubuntu: apt-get install wrk)")
@@ -165,9 +172,20 @@ async def workload_data(database_url: str, workdir: Path, name: str = "warm") ->
 
 
 async def load_data(dsn: str, workload: Workload) -> list[str]:
-    """Fresh rows with predictable ids; returns the keys' tokens, one per workspace."""
+    """Fresh rows with predictable ids; returns the keys' tokens, one per workspace.
+
+    The tables are emptied first: a database holding anything but an earlier run's rows
+    is refused (`--database-url` may name one in use)."""
     conn = await asyncpg.connect(dsn)
     try:
+        others = await conn.fetchval(
+            "SELECT count(*) FROM workspaces WHERE name NOT LIKE 'bench %'"
+        )
+        if others:
+            raise SystemExit(
+                f"bench: the database holds {others} workspaces the bench did not make, and "
+                "the bench empties its tables: give it a database of its own"
+            )
         # Bulk load without the invalidation triggers (no gateway listens yet).
         await conn.execute("SET session_replication_role = replica")
         await conn.execute("TRUNCATE workspaces CASCADE")
@@ -250,19 +268,46 @@ def build_env(name: str, database_url: str, redis_url: str | None = None) -> dic
 
 
 def start_redis(workdir: Path) -> tuple[str, Callable[[], None]]:
-    """A redis-server of the bench's own on a free port, on wrk's core like Postgres."""
+    """A redis-server of the bench's own on a free port, on wrk's core like Postgres,
+    answering before it is used: a gateway whose Redis is away falls back to local limits
+    and would be measured as the shared ones."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        sys.exit("bench: redis-server is missing (Debian/Ubuntu: apt-get install redis-server)")
     port = free_port()
-    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command = [redis_server, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     command += ["--appendonly", "no", "--dir", str(workdir)]
-    process = subprocess.Popen(
-        pinned(1, command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = start_process(pinned(1, command))
+    deadline = time.monotonic() + 10
+    while not answers_ping(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            sys.exit(f"bench: redis-server did not start (exit status {process.returncode})")
+        time.sleep(0.05)
+    return f"redis://127.0.0.1:{port}/0", lambda: stop_process(process)
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_process(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A server of the bench's, quiet, in the bench's directory (see WORKDIR)."""
+    WORKDIR.mkdir(exist_ok=True)
+    return subprocess.Popen(
+        command, env=env, cwd=WORKDIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
-    def stop() -> None:
-        process.terminate()
-        process.wait(10)
 
-    return f"redis://127.0.0.1:{port}/0", stop
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 20 s (a gateway writes its last
+    audit rows first)."""
+    stop(process, grace=20)
 
 
 def is_gateway(name: str) -> bool:
@@ -275,9 +320,7 @@ def start_server(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[
         command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
     else:
         command = [sys.executable, str(HERE / f"{name}.py"), str(port)]
-    return subprocess.Popen(
-        pinned(0, command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    return start_process(pinned(0, command), env)
 
 
 async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -309,12 +352,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every Postgres server process on the machine (the embedded one's)."""
+# The embedded Postgres' data directory (None: --database-url's, whose CPU is not read).
+EMBEDDED_POSTGRES: list[Path] = []
+
+
+def postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    """The Postgres server started on `data_dir` and its backends: no other Postgres of the
+    machine (a test suite's, the system's) is counted or pinned."""
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or ()
+        if process.info["name"] == "postgres" and str(data_dir) in " ".join(cmdline):
+            with contextlib.suppress(psutil.Error):
+                return [process, *process.children(recursive=True)]
+    return []
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU time of the embedded Postgres' processes, its exited backends' included."""
+    if not EMBEDDED_POSTGRES:
+        return None
     total = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        if process.info["name"] == "postgres" and process.info["cpu_times"]:
-            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+    for process in postgres_processes(EMBEDDED_POSTGRES[0]):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
@@ -397,13 +458,14 @@ FILLED_CACHES = {"attachments": DEFAULTS.attachment_cache_size, "urls": DEFAULTS
 
 
 async def fill_caches(wrk: str, port: int, data: Path) -> dict[str, int]:
-    """More cold load until the attachment and URL caches hold their default sizes."""
-    for _ in range(12):
+    """More cold load until the attachment and URL caches hold their default sizes (or a
+    minute of it has passed: the entries say which)."""
+    for attempt in range(13):
         entries = {
             name: int(await metric_value(port, f'gateway_cache_entries{{cache="{name}"}}') or 0)
             for name in FILLED_CACHES
         }
-        if all(entries[name] >= size for name, size in FILLED_CACHES.items()):
+        if attempt == 12 or all(entries[name] >= size for name, size in FILLED_CACHES.items()):
             break
         run_wrk(wrk, port, 64, 5, data)
     return entries
@@ -443,7 +505,9 @@ async def measured_run(
         stats["audit_backlog"] = await audit_queued(port)
         stats["audit_drain_s"] = await audit_drained(port)
     stats["cpu_us"] = round((cpu_seconds(process.pid) - cpu_before) / requests * 1e6, 1)
-    stats["db_cpu_us"] = round((postgres_cpu_seconds() - db_before) / requests * 1e6, 1)
+    db_after = postgres_cpu_seconds()
+    if db_before is not None and db_after is not None:
+        stats["db_cpu_us"] = round((db_after - db_before) / requests * 1e6, 1)
     stats.update(server=name, connections=connections, rss_mb=round(rss_mb(process.pid), 1))
     return stats
 
@@ -484,8 +548,7 @@ async def paired_cost(
                         flush=True,
                     )
             finally:
-                process.terminate()
-                process.wait(20)
+                stop_process(process)
     without, with_ = builds
     results = {}
     for count in connections:
@@ -671,6 +734,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         entries = await fill_caches(wrk, port, data)
                         results["full_caches"] = {
                             "entries": entries,
+                            "sizes": FILLED_CACHES,
                             "rss_mb": round(rss_mb(process.pid), 1),
                         }
                         print(f"  caches filled: {results['full_caches']}", flush=True)
@@ -683,9 +747,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             "rss_after_mb": round(rss_mb(process.pid), 1),
                         }
                         print(f"  idle keep-alive: {results['idle']}", flush=True)
+                    if name in SHARED_LIMITS:
+                        # Local buckets stood in for Redis: not the build named.
+                        fell_back = await metric_value(port, "gateway_rate_limit_fallbacks_total")
+                        if fell_back:
+                            raise RuntimeError(f"{name}: local limits {fell_back:.0f} times")
                 finally:
-                    process.terminate()
-                    process.wait(20)
+                    stop_process(process)
             for cost, builds in PAIRED_COSTS.items():
                 if workload.name == "warm" and args.launches and set(builds) <= set(args.servers):
                     print(f"{builds[1]} against {builds[0]}, launches in turn ...", flush=True)
@@ -711,6 +779,7 @@ async def database(args: argparse.Namespace, workdir: Path) -> tuple[str, Callab
 
     shutil.rmtree(workdir / "pg", ignore_errors=True)
     server = pgserver.get_server(workdir / "pg", cleanup_mode="delete")  # type: ignore[attr-defined]
+    EMBEDDED_POSTGRES[:] = [workdir / "pg"]
     pin_postgres(workdir / "pg", cpu=1)
     return server.get_uri(), server.cleanup
 
@@ -719,15 +788,11 @@ def pin_postgres(data_dir: Path, cpu: int) -> None:
     """Postgres on wrk's core: the server under test keeps CPU 0 to itself, as it would
     with its database on another machine (Postgres writing audit rows, vacuuming them,
     once took turns on the server's core). Backends started later inherit the affinity."""
-    for process in psutil.process_iter(["name", "cmdline"]):
-        if process.info["name"] == "postgres" and str(data_dir) in " ".join(
-            process.info["cmdline"] or ()
-        ):
-            for member in (process, *process.children(recursive=True)):
-                member.cpu_affinity([cpu])
+    for process in postgres_processes(data_dir):
+        process.cpu_affinity([cpu])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--verify", type=int, default=200, help="Locations checked per server")
@@ -745,7 +810,11 @@ def main() -> None:
         default=OVERLOAD_CONNECTIONS,
         help="connections of the shipped gateway's extra warm run (0: none)",
     )
-    parser.add_argument("--database-url", help="use this Postgres instead of an embedded one")
+    parser.add_argument(
+        "--database-url",
+        help="a Postgres of the bench's own instead of an embedded one: its tables are emptied "
+        "(refused if it holds other rows), and its CPU is not read",
+    )
     # A partial run (for profiling one change) prints its table but leaves results/ alone.
     parser.add_argument("--servers", type=_names(SERVERS), default=SERVERS)
     workloads = tuple(w.name for w in WORKLOADS)
@@ -760,6 +829,11 @@ def main() -> None:
         default=LAUNCHES,
         help="launches of each build of PAIRED_COSTS' pairs, in turn (0: none)",
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     for setting in args.set:
         name, sep, value = setting.partition("=")
@@ -770,10 +844,7 @@ def main() -> None:
     results = asyncio.run(bench(args))
     from bench.report import write_reports
 
-    everything = (SERVERS, (64, 1024), True, len(WORKLOADS))
-    full = (args.servers, args.connections, args.presign, len(args.workloads)) == everything
-    full = full and not EXTRA_SETTINGS  # a tried change is not the shipped configuration
-    if not full:
+    if not is_full_run(parser, args):
         for run in results["runs"]:
             print(
                 f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
@@ -787,6 +858,12 @@ def main() -> None:
 
     RESULTS.mkdir(exist_ok=True)
     print(write_reports(results, RESULTS))
+
+
+def is_full_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """Only a run with every default (every build, workload and check, no --set) writes
+    bench/results/: anything less would stand there as the shipped configuration's."""
+    return all(value == parser.get_default(name) for name, value in vars(args).items())
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:

@@ -30,6 +30,8 @@ from .run import (
     prepare_to_load,
     run_wrk,
     server_env,
+    start_process,
+    stop_process,
     wait_listening,
     workload_data,
 )
@@ -38,16 +40,15 @@ BUILDS = (("ceiling", 1), ("ceiling", 2), ("shipped", 1), ("shipped", 2))
 
 
 def start(name: str, processes: int, port: int, database_url: str) -> list[subprocess.Popen[bytes]]:
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if name == "ceiling":
         command = [sys.executable, str(HERE / "ceiling.py"), str(port), "reuse"]
-        return [subprocess.Popen(command, **quiet) for _ in range(processes)]  # type: ignore[call-overload]
+        return [start_process(command) for _ in range(processes)]
     env = server_env(database_url, "INFO", audit=True)
     for setting in ("RATE_LIMIT", "RATE_LIMIT_BURST"):
         env[f"{setting}_PER_KEY"] = env[f"{setting}_PER_WORKSPACE"] = SHIPPED_LIMIT
     command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
     command += ["--workers", str(processes)]
-    return [subprocess.Popen(command, env=env, **quiet)]  # type: ignore[call-overload]
+    return [start_process(command, env)]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +68,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for process in started:
                     process.terminate()
                 for process in started:
-                    process.wait(20)
+                    stop_process(process)
             run = {"build": name, "processes": processes, **stats}
             runs.append(run)
             print(f"  {name:8} x{processes}  {stats}", flush=True)

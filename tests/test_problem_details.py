@@ -42,3 +42,24 @@ async def test_problem_details_on_request(client, make_tenant, method, path, aut
     plain = await client.request(method, url, headers=headers)
     assert plain.headers["Content-Type"] == "application/json"
     assert list(json.loads(await plain.read())) == LEGACY
+
+
+@pytest.mark.parametrize(
+    ("accept", "details"),
+    [
+        ("application/problem+json", True),
+        ("Application/Problem+JSON; q=0.2, application/json; q=0.1", True),
+        # q=0 is "not acceptable" (RFC 9110 §12.4.2): named, but refused.
+        ("application/json, application/problem+json;q=0", False),
+        ("application/problem+json; q=0.0", False),
+        ("*/*", False),
+    ],
+)
+async def test_problem_details_only_when_acceptable(client, accept, details):
+    response = await client.get(
+        f"/api/v1/attachments/{uuid.uuid4()}/download", headers={"Accept": accept}
+    )
+    assert response.status == 401
+    expected = "application/problem+json" if details else "application/json"
+    assert response.headers["Content-Type"] == expected
+    assert list(json.loads(await response.read())) == (LEGACY + RFC_9457 if details else LEGACY)

@@ -23,6 +23,7 @@ from ..core.errors import (
     StorageUnavailable,
     UnknownWorkspace,
 )
+from ..core.negotiation import weights
 
 REALM = 'Bearer realm="api"'
 CHALLENGE_INVALID_REQUEST = REALM + ', error="invalid_request"'
@@ -183,4 +184,7 @@ def render(problem: Problem, request_id: str, details: bool = False) -> web.Resp
 
 
 def wants_problem_details(accept: str | None) -> bool:
-    return accept is not None and "application/problem+json" in accept.lower()
+    """`Accept` names application/problem+json with a weight above 0 (`q=0` refuses it)."""
+    if accept is None or "problem+json" not in accept.lower():  # most clients: no parsing
+        return False
+    return weights(accept).get("application/problem+json", 0.0) > 0
