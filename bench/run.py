@@ -174,18 +174,11 @@ async def workload_data(database_url: str, workdir: Path, name: str = "warm") ->
 async def load_data(dsn: str, workload: Workload) -> list[str]:
     """Fresh rows with predictable ids; returns the keys' tokens, one per workspace.
 
-    The tables are emptied first: a database holding anything but an earlier run's rows
-    is refused (`--database-url` may name one in use)."""
+    The tables are emptied first: a database holding workspaces of anyone else is
+    refused (`--database-url` may name one in use)."""
+    await refuse_database_in_use(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        others = await conn.fetchval(
-            "SELECT count(*) FROM workspaces WHERE name NOT LIKE 'bench %'"
-        )
-        if others:
-            raise SystemExit(
-                f"bench: the database holds {others} workspaces the bench did not make, and "
-                "the bench empties its tables: give it a database of its own"
-            )
         # Bulk load without the invalidation triggers (no gateway listens yet).
         await conn.execute("SET session_replication_role = replica")
         await conn.execute("TRUNCATE workspaces CASCADE")
@@ -221,6 +214,25 @@ async def load_data(dsn: str, workload: Workload) -> list[str]:
         return tokens
     finally:
         await conn.close()
+
+
+async def refuse_database_in_use(dsn: str) -> None:
+    """Exit unless the database is empty or holds only the bench's own workspaces: the
+    bench migrates it and empties its tables. (Called before migrating, too.)"""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regclass('workspaces') IS NULL"):
+            return
+        others = await conn.fetchval(
+            "SELECT count(*) FROM workspaces WHERE name NOT LIKE 'bench %'"
+        )
+    finally:
+        await conn.close()
+    if others:
+        raise SystemExit(
+            f"bench: the database holds {others} workspaces the bench did not make, and "
+            "the bench empties its tables: give it a database of its own"
+        )
 
 
 def lua_data(path: Path, workload: Workload, tokens: list[str]) -> None:
@@ -700,9 +712,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     database_url, stop_database = await database(args, workdir)
     redis_url: str | None = None
     stop_redis: Callable[[], None] = lambda: None  # noqa: E731 - nothing to stop
-    if set(SHARED_LIMITS) & set(args.servers):
-        redis_url, stop_redis = start_redis(workdir)
     try:
+        if set(SHARED_LIMITS) & set(args.servers):
+            redis_url, stop_redis = start_redis(workdir)
         await apply_migrations(database_url, DEFAULT_MIGRATIONS_DIR)
         for workload in (w for w in WORKLOADS if w.name in args.workloads):
             print(f"loading {workload.name}: {workload.attachments:,} attachments ...", flush=True)
@@ -774,6 +786,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 async def database(args: argparse.Namespace, workdir: Path) -> tuple[str, Callable[[], None]]:
     if args.database_url:
+        await refuse_database_in_use(args.database_url)
         return args.database_url, lambda: None
     import pgserver
 
@@ -812,8 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--database-url",
-        help="a Postgres of the bench's own instead of an embedded one: its tables are emptied "
-        "(refused if it holds other rows), and its CPU is not read",
+        help="a Postgres of the bench's own instead of an embedded one: it is migrated and its "
+        "tables emptied (refused if it holds others' workspaces), and its CPU is not read",
     )
     # A partial run (for profiling one change) prints its table but leaves results/ alone.
     parser.add_argument("--servers", type=_names(SERVERS), default=SERVERS)
@@ -850,7 +863,7 @@ def main() -> None:
                 f"{run['workload']:5} c={run['connections']:<5} {run['server']:12} "
                 f"{run['rps']:>7,} req/s  p50 {run['p50_ms']:.1f} ms  p99 {run['p99_ms']:.1f} ms  "
                 f"CPU {run['cpu_us']} µs/req (GC {run.get('gc_us', 'n/a')})  "
-                f"Postgres {run['db_cpu_us']} µs/req  {run['error_kinds']}"
+                f"Postgres {run.get('db_cpu_us', 'n/a')} µs/req  {run['error_kinds']}"
             )
         for connections, cost in results.get("audit_cost", {}).items():
             print(f"audit cost c={connections}: {cost}")

@@ -59,6 +59,10 @@ def test_a_database_holding_other_rows_is_never_emptied(fresh_database):
             await conn.execute("INSERT INTO workspaces (name) VALUES ('acme')")
             with pytest.raises(SystemExit, match="holds 1 workspaces the bench did not make"):
                 await run.load_data(dsn, small)
+            # Refused before anything is migrated, too.
+            args = run.build_parser().parse_args(["--database-url", dsn])
+            with pytest.raises(SystemExit, match="holds 1 workspaces the bench did not make"):
+                await run.database(args, run.WORKDIR)
             assert await conn.fetchval("SELECT count(*) FROM workspaces") == 1
             # A database of the bench's own rows is loaded again and again.
             await conn.execute("DELETE FROM workspaces")
