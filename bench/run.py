@@ -25,7 +25,6 @@ import platform
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,8 @@ from service.core.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from service.core.tokens import digest, display_prefix, generate_token
 from service.data.migrations import apply_migrations
 from service.devstack.ports import free_port
-from service.devstack.processes import stop
+from service.devstack.processes import stop, wait_for_port
+from service.devstack.redis_server import REDIS_SERVER, redis_available
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -283,29 +283,18 @@ def start_redis(workdir: Path) -> tuple[str, Callable[[], None]]:
     """A redis-server of the bench's own on a free port, on wrk's core like Postgres,
     answering before it is used: a gateway whose Redis is away falls back to local limits
     and would be measured as the shared ones."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
+    if not redis_available():
         sys.exit("bench: redis-server is missing (Debian/Ubuntu: apt-get install redis-server)")
     port = free_port()
-    command = [redis_server, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     command += ["--appendonly", "no", "--dir", str(workdir)]
     process = start_process(pinned(1, command))
-    deadline = time.monotonic() + 10
-    while not answers_ping(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process)
-            sys.exit(f"bench: redis-server did not start (exit status {process.returncode})")
-        time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}/0", lambda: stop_process(process)
-
-
-def answers_ping(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+        wait_for_port(port, process)
+    except RuntimeError as error:
+        stop_process(process)
+        sys.exit(f"bench: redis-server did not start: {error}")
+    return f"redis://127.0.0.1:{port}/0", lambda: stop_process(process)
 
 
 def start_process(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -472,15 +461,19 @@ FILLED_CACHES = {"attachments": DEFAULTS.attachment_cache_size, "urls": DEFAULTS
 async def fill_caches(wrk: str, port: int, data: Path) -> dict[str, int]:
     """More cold load until the attachment and URL caches hold their default sizes (or a
     minute of it has passed: the entries say which)."""
-    for attempt in range(13):
-        entries = {
-            name: int(await metric_value(port, f'gateway_cache_entries{{cache="{name}"}}') or 0)
-            for name in FILLED_CACHES
-        }
-        if attempt == 12 or all(entries[name] >= size for name, size in FILLED_CACHES.items()):
-            break
+    for _ in range(12):
+        entries = await cache_entries(port)
+        if all(entries[name] >= size for name, size in FILLED_CACHES.items()):
+            return entries
         run_wrk(wrk, port, 64, 5, data)
-    return entries
+    return await cache_entries(port)
+
+
+async def cache_entries(port: int) -> dict[str, int]:
+    return {
+        name: int(await metric_value(port, f'gateway_cache_entries{{cache="{name}"}}') or 0)
+        for name in FILLED_CACHES
+    }
 
 
 async def audit_drained(port: int, give_up_after: float = 60.0) -> float:

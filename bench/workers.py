@@ -24,12 +24,11 @@ from service.devstack.ports import free_port
 from .run import (
     HERE,
     RESULTS,
-    SHIPPED_LIMIT,
     WARM_UP_SECONDS,
+    build_env,
     database,
     prepare_to_load,
     run_wrk,
-    server_env,
     start_process,
     stop_process,
     wait_listening,
@@ -43,12 +42,9 @@ def start(name: str, processes: int, port: int, database_url: str) -> list[subpr
     if name == "ceiling":
         command = [sys.executable, str(HERE / "ceiling.py"), str(port), "reuse"]
         return [start_process(command) for _ in range(processes)]
-    env = server_env(database_url, "INFO", audit=True)
-    for setting in ("RATE_LIMIT", "RATE_LIMIT_BURST"):
-        env[f"{setting}_PER_KEY"] = env[f"{setting}_PER_WORKSPACE"] = SHIPPED_LIMIT
     command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
     command += ["--workers", str(processes)]
-    return [start_process(command, env)]
+    return [start_process(command, build_env("shipped", database_url))]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
