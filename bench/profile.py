@@ -3,7 +3,9 @@
 `python -m bench.profile [--server shipped] [--workload warm|cold] [--connections 64]
 [--seconds 15] [--native] [--blocking]`: a workload of `bench.run` (warm: 10,000
 attachments; cold: 1,000,000; 100 keys, an embedded Postgres), one server pinned to CPU
-0, wrk on CPU 1, and py-spy sampling the server meanwhile (`pip install py-spy`). Prints
+0, wrk on CPU 1, and py-spy sampling the server meanwhile (`pip install py-spy`).
+`--server ceiling` profiles the bare aiohttp app, so that aiohttp's own functions can be
+compared with the gateway's, share by share (docs/performance.md). Prints
 the share of samples by the code they were in (its own time, by module and by function)
 and leaves the raw samples in bench/.work/profile.txt, which flame-graph tools read
 (collapsed stacks).
@@ -140,7 +142,10 @@ async def profile(args: argparse.Namespace, py_spy: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    builds = [name for name in SERVERS if is_gateway(name) and name not in SHARED_LIMITS]
+    builds = [
+        "ceiling",
+        *(name for name in SERVERS if is_gateway(name) and name not in SHARED_LIMITS),
+    ]
     parser.add_argument("--server", choices=builds, default="shipped")
     parser.add_argument("--workload", choices=[w.name for w in WORKLOADS], default="warm")
     parser.add_argument("--connections", type=int, default=64)
