@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -275,3 +276,82 @@ async def test_a_second_signal_does_not_cut_the_shutdown_short(
     messages = [line.get("message") for line in gateway.json_lines()]
     assert messages.count("shutting down already: the drain goes on (SIGKILL ends it at once)") == 2
     assert "stopped" in messages
+
+
+class FirstProcess:
+    """`serve` as the first process (PID 1) of a PID namespace of its own, as in a
+    container: the kernel drops any signal it has no handler for."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "service", "serve", "--port", str(self.port)]
+        with log.open("wb") as output:
+            self.unshare = subprocess.Popen(
+                ["unshare", "--pid", "--fork", *command],
+                env=env,
+                cwd=log.parent,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self.pid = eventually_python_child(self.unshare.pid)
+        except AssertionError:
+            self.unshare.kill()
+            self.unshare.wait()
+            raise
+
+    def catches_sigterm(self) -> bool:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        caught = int(status.split("SigCgt:\t", 1)[1].split("\n", 1)[0], 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+    def terminate(self) -> tuple[int, float]:
+        """SIGTERM from outside the namespace, as `docker stop` sends it: the exit status
+        (unshare passes on its child's) and how long it took."""
+        started = time.monotonic()
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            status = self.unshare.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)  # the only signal PID 1 cannot ignore
+            self.unshare.wait(10)
+            return -1, time.monotonic() - started
+        return status, time.monotonic() - started
+
+
+def eventually_python_child(pid: int) -> int:
+    """The pid of the Python that `unshare --fork` (pid) runs, once it runs Python."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            child = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+            if Path(f"/proc/{child}/exe").resolve() == Path(sys.executable).resolve():
+                return child
+        time.sleep(0.001)
+    raise AssertionError("unshare did not start Python")
+
+
+def test_sigterm_while_starting_as_pid_1_ends_it(gateway_env, tmp_path):
+    """Sent as soon as the process can take it, during its imports and long before the
+    server's own handlers exist (which would make it a graceful stop, exit 0): it ends at
+    once, 143 as for any process SIGTERM ends. (It was lost before: the container ran on
+    until its SIGKILL.)"""
+    first = FirstProcess(gateway_env, tmp_path / "gw.log")
+    deadline = time.monotonic() + 10
+    while not first.catches_sigterm():
+        assert time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
+        time.sleep(0.001)
+    status, took = first.terminate()
+    assert status == 143, (tmp_path / "gw.log").read_text()
+    assert took < 2
+
+
+async def test_sigterm_once_serving_as_pid_1_is_the_graceful_stop(gateway_env, tmp_path):
+    """The early handler is only until the server's: once it serves, SIGTERM is the
+    graceful shutdown, exit 0."""
+    first = FirstProcess(gateway_env, tmp_path / "gw.log")
+    await eventually(lambda: answers(first.url + "/healthz", 200), timeout=30)
+    status, took = first.terminate()
+    assert status == 0, (tmp_path / "gw.log").read_text()
+    assert took < 12
