@@ -192,6 +192,10 @@ async def test_a_page_can_read_why_it_failed(gateway, pages, browser, make_tenan
     assert result["status"] == 401
     assert result["problem"]["problem"] == "unauthorized"
     assert result["requestId"] == result["problem"]["request_id"]
+    result = await call(driver, "challengeFor", gateway.url, unknown_key, str(uuid.uuid4()))
+    assert result == {"status": 401, "challenge": 'Bearer realm="api", error="invalid_token"'}
+    result = await call(driver, "challengeFor", gateway.url, None, str(uuid.uuid4()))
+    assert result == {"status": 401, "challenge": 'Bearer realm="api"'}
     result = await call(
         driver, "downloadAttachment", gateway.url, tenant.read_token, str(uuid.uuid4())
     )

@@ -23,6 +23,7 @@ EXPOSED = {
     "retry-after",
     "link",
     "location",
+    "www-authenticate",
 }
 
 

@@ -40,6 +40,9 @@ EXPOSED_HEADERS = ", ".join(
         "Retry-After",
         "Link",
         "Location",
+        # RFC 6750's reason for a 401 (`error="invalid_token"`, ...). Not `Allow`: only a
+        # 405 carries it, and a page never gets one, its preflight already refused.
+        "WWW-Authenticate",
     )
 )
 

@@ -37,3 +37,11 @@ async function fetchFollowingTheRedirect(gateway, key, id) {
     bytes: Array.from(bytes),
   };
 }
+
+// RFC 6750's reason for a 401, from its challenge, which the gateway's CORS exposes.
+async function challengeFor(gateway, key, id) {
+  const response = await fetch(`${gateway}/api/v1/attachments/${id}/download?redirect=false`, {
+    headers: key ? { Authorization: `Bearer ${key}` } : {},
+  });
+  return { status: response.status, challenge: response.headers.get("WWW-Authenticate") };
+}
