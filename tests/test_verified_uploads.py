@@ -375,12 +375,12 @@ async def renew(client, tenant, attachment_id, scope="write"):
     )
 
 
-async def test_a_multipart_upload_is_offered_again_with_new_urls_for_the_same_parts(
+async def test_a_multipart_upload_is_offered_again_with_new_urls_for_the_parts_not_sent(
     multipart_client, make_tenant
 ):
     """Part URLs cannot outlive the credentials that sign them (an hour, with a role's):
     a large file's later parts are sent with URLs asked for again, into the same
-    multipart upload, whose parts already sent stay."""
+    multipart upload, whose parts already sent stay and are not offered again."""
     client = multipart_client
     tenant = await make_tenant()
     body = os.urandom(8 * MIB + 7)  # two parts: 5 MiB, and the rest
@@ -394,12 +394,19 @@ async def test_a_multipart_upload_is_offered_again_with_new_urls_for_the_same_pa
     assert renewed["id"] == created["id"] and renewed["status"] == "upload_pending"
     again = renewed["upload"]
     assert again["part_size_bytes"] == 5 * MIB and again["expires_at"]
-    assert [(p["number"], p["size"]) for p in again["parts"]] == [
-        (p["number"], p["size"]) for p in first
-    ]
+    assert [(p["number"], p["size"]) for p in again["parts"]] == [(2, 3 * MIB + 7)]
     first_upload_id = URL(first[1]["url"], encoded=True).query["uploadId"]
-    assert URL(again["parts"][1]["url"], encoded=True).query["uploadId"] == first_upload_id
-    assert (await put(again["parts"][1]["url"], body[5 * MIB :], {}))[0] == 200
+    assert URL(again["parts"][0]["url"], encoded=True).query["uploadId"] == first_upload_id
+    assert (await put(again["parts"][0]["url"], body[5 * MIB :], {}))[0] == 200
+    # Every part held: nothing to send, and nothing that expires; `complete` is next.
+    response, raw = await renew(client, tenant, created["id"])
+    assert response.status == 200, raw
+    assert json.loads(raw)["upload"] == {
+        "method": "PUT",
+        "parts": [],
+        "part_size_bytes": 5 * MIB,
+        "expires_at": None,
+    }
     response, raw = await complete(client, tenant, created["id"])
     assert response.status == 200, raw
     assert json.loads(raw)["digest"] == "sha256:" + declared
@@ -444,6 +451,29 @@ async def test_part_urls_cost_a_rate_limit_token_each(serve_app, settings, make_
     client = await serve_app(create_app(replace(limits, rate_limit_burst_per_key=2)))
     response, created = await create(client, tenant, 12 * MIB)
     assert response.status == 201 and len(created["upload"]["parts"]) == 3
+
+
+async def test_parts_already_sent_cost_no_token_when_offered_again(
+    serve_app, settings, make_tenant
+):
+    limits = replace(
+        settings,
+        upload_single_put_max_bytes=5 * MIB,
+        upload_part_bytes=5 * MIB,
+        rate_limit_per_key=0.01,
+        rate_limit_burst_per_key=4,
+    )
+    client = await serve_app(create_app(limits))
+    tenant = await make_tenant()
+    body = os.urandom(12 * MIB)
+    response, created = await create(client, tenant, len(body))  # three parts: 3 of 4
+    parts = created["upload"]["parts"]
+    for part in parts[:2]:
+        start = (part["number"] - 1) * 5 * MIB
+        assert (await put(part["url"], body[start : start + part["size"]], {}))[0] == 200
+    response, raw = await renew(client, tenant, created["id"])  # the last token: one part
+    assert response.status == 200, raw
+    assert [p["number"] for p in json.loads(raw)["upload"]["parts"]] == [3]
 
 
 async def test_only_a_write_key_of_the_workspace_is_offered_an_upload(client, make_tenant):

@@ -30,6 +30,7 @@ from ..storage.objects import (
     StoredObject,
     abort_multipart,
     complete_multipart,
+    parts_to_send,
     start_multipart,
     stored_object,
 )
@@ -251,7 +252,8 @@ async def offer_parts(
 async def offer_planned_parts(
     request: web.Request, upload: attachments.NewUpload, plan: list[Part]
 ) -> dict[str, Any]:
-    """A presigned PUT for each part of the multipart upload under way."""
+    """A presigned PUT for each part of the multipart upload under way (none, and no
+    expiry, when none is left to send)."""
     assert upload.multipart_upload_id is not None and upload.part_size is not None
     urls = await request.app[STORAGE].presign_parts(
         upload.bucket, upload.object_key, upload.multipart_upload_id, plan
@@ -260,7 +262,7 @@ async def offer_planned_parts(
         {"number": part.number, "url": url.url, "size": part.size}
         for part, url in zip(plan, urls, strict=True)
     ]
-    expires = min(urls, key=lambda url: url.expires_at_us).expires_text
+    expires = min(urls, key=lambda url: url.expires_at_us).expires_text if urls else None
     return {
         "method": "PUT",
         "parts": parts,
@@ -273,8 +275,9 @@ async def renew_upload(request: web.Request) -> web.Response:
     """POST /api/v1/attachments/{id}/upload: the pending upload offered again, with URLs
     signed now. Part URLs live 24 hours, but no longer than the credentials that sign
     them: with a role's temporary credentials (an hour, say) every part of a large file
-    had to be begun within that hour. The multipart upload is the same, so parts already
-    sent stay; a file sent in one PUT is sent again whole."""
+    had to be begun within that hour. The multipart upload is the same, and only the parts
+    S3 does not hold yet at their size are offered (and cost a token each): a client that
+    lost track resumes where it stopped. A file sent in one PUT is sent again whole."""
     attachment_id = requested_id(request)
     row = await attachments.upload_of(
         request.app[DATABASE], attachment_id, request[PRINCIPAL].workspace_id
@@ -297,8 +300,12 @@ async def renew_upload(request: web.Request) -> web.Response:
         offered = await offer_put(request, upload)
     else:
         plan = plan_parts(row["size_bytes"], row["part_size_bytes"])
-        await spend(request, len(plan))  # as at creation
-        offered = await offer_planned_parts(request, upload, plan)
+        client = request.app[STORAGE].internal_client()
+        to_send = await parts_to_send(
+            client, row["bucket"], row["object_key"], upload.multipart_upload_id, plan
+        )
+        await spend(request, len(to_send))  # a token per part URL, as at creation
+        offered = await offer_planned_parts(request, upload, to_send)
     return web.json_response(attachment_json(row) | {"upload": offered})
 
 
