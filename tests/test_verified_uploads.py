@@ -432,14 +432,7 @@ async def test_a_single_put_is_offered_again_and_a_confirmed_upload_is_not(clien
 async def test_part_urls_cost_a_rate_limit_token_each(serve_app, settings, make_tenant):
     """Signing thousands of part URLs takes the process a third of a second: counted as
     one request, a key could have it repeated as fast as its limit allows."""
-    limits = replace(
-        settings,
-        upload_single_put_max_bytes=5 * MIB,
-        upload_part_bytes=5 * MIB,
-        rate_limit_per_key=0.01,
-        rate_limit_burst_per_key=4,
-    )
-    client = await serve_app(create_app(limits))
+    client = await serve_app(create_app(limited_parts(settings, burst=4)))
     tenant = await make_tenant()
     response, created = await create(client, tenant, 12 * MIB)  # three parts: 3 of 4
     assert response.status == 201 and len(created["upload"]["parts"]) == 3
@@ -448,22 +441,27 @@ async def test_part_urls_cost_a_rate_limit_token_each(serve_app, settings, make_
     # The wait is for the whole request (the token it was counted as is spent again).
     assert 290 <= int(response.headers["Retry-After"]) <= 300  # 3 tokens at 0.01/s, not 2
     # More parts than the bucket holds cost the whole bucket, and no more.
-    client = await serve_app(create_app(replace(limits, rate_limit_burst_per_key=2)))
+    client = await serve_app(create_app(limited_parts(settings, burst=2)))
     response, created = await create(client, tenant, 12 * MIB)
     assert response.status == 201 and len(created["upload"]["parts"]) == 3
+
+
+def limited_parts(settings, burst):
+    """Parts of 5 MiB above one PUT of 5 MiB, and a key's bucket of `burst` tokens that
+    hardly refills (0.01 a second)."""
+    return replace(
+        settings,
+        upload_single_put_max_bytes=5 * MIB,
+        upload_part_bytes=5 * MIB,
+        rate_limit_per_key=0.01,
+        rate_limit_burst_per_key=burst,
+    )
 
 
 async def test_parts_already_sent_cost_no_token_when_offered_again(
     serve_app, settings, make_tenant
 ):
-    limits = replace(
-        settings,
-        upload_single_put_max_bytes=5 * MIB,
-        upload_part_bytes=5 * MIB,
-        rate_limit_per_key=0.01,
-        rate_limit_burst_per_key=4,
-    )
-    client = await serve_app(create_app(limits))
+    client = await serve_app(create_app(limited_parts(settings, burst=4)))
     tenant = await make_tenant()
     body = os.urandom(12 * MIB)
     response, created = await create(client, tenant, len(body))  # three parts: 3 of 4
