@@ -453,3 +453,14 @@ def test_settings_come_from_a_dotenv_file_below_the_environment(cli, tmp_path, d
     )
     assert result.returncode == 1 and "database unreachable" in result.stderr
     assert urlsplit(database_url).scheme == "postgresql"
+
+
+def test_the_entry_point_stays_callable_once_the_commands_are_imported():
+    """`service.cli:main` (the console script's) imports the commands only when called; no
+    submodule of the package may share its name, or importing it would rebind
+    `service.cli.main` to the module."""
+    import service.cli
+    import service.cli.command_line  # what main() imports
+
+    assert callable(service.cli.main)
+    assert service.cli.main.__module__ == "service.cli"

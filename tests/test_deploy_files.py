@@ -39,7 +39,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.cli.main import build_parser
+from service.cli.command_line import build_parser
 from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,7 +313,7 @@ def build_context_files() -> Iterator[Path]:
         ".ruff_cache/content",
         ".hypothesis/examples/x",
         "bench/results/run.json",
-        "build/lib/service/cli/main.py",
+        "build/lib/service/cli/command_line.py",
         "attachments_gateway.egg-info/PKG-INFO",
         "service/cli/__pycache__/main.cpython-311.pyc",
         "docker-compose.yml",
@@ -328,7 +328,7 @@ def test_dockerignore_keeps_out(path: str) -> None:
     [
         "pyproject.toml",
         "README.md",
-        "service/cli/main.py",
+        "service/cli/command_line.py",
         "service/openapi.json",
         "migrations/x.sql",
     ],
@@ -385,7 +385,7 @@ def test_the_wheel_from_the_build_context_holds_the_whole_package(tmp_path: Path
         for path in (context / "service").rglob("*")
         if path.is_file()
     )
-    assert "service/cli/main.py" in package
+    assert "service/cli/command_line.py" in package
     missing = [name for name in package if name not in names]
     assert not missing, f"not in the wheel, so not in the image: {missing}"
     assert re.search(r"^attachments-gateway = service\.cli:main$", scripts, re.MULTILINE)

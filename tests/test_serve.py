@@ -301,6 +301,16 @@ class FirstProcess:
             self.unshare.wait()
             raise
 
+    def __enter__(self) -> FirstProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Whatever the test did: nothing left running, holding the port."""
+        if self.unshare.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)  # the only signal PID 1 cannot ignore
+            self.unshare.wait(10)
+
     def catches_sigterm(self) -> bool:
         status = Path(f"/proc/{self.pid}/status").read_text()
         caught = int(status.split("SigCgt:\t", 1)[1].split("\n", 1)[0], 16)
@@ -314,9 +324,7 @@ class FirstProcess:
         try:
             status = self.unshare.wait(10)
         except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)  # the only signal PID 1 cannot ignore
-            self.unshare.wait(10)
-            return -1, time.monotonic() - started
+            return -1, time.monotonic() - started  # (SIGKILLed on the way out)
         return status, time.monotonic() - started
 
 
@@ -337,12 +345,12 @@ def test_sigterm_while_starting_as_pid_1_ends_it(gateway_env, tmp_path):
     server's own handlers exist (which would make it a graceful stop, exit 0): it ends at
     once, 143 as for any process SIGTERM ends. (It was lost before: the container ran on
     until its SIGKILL.)"""
-    first = FirstProcess(gateway_env, tmp_path / "gw.log")
-    deadline = time.monotonic() + 10
-    while not first.catches_sigterm():
-        assert time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
-        time.sleep(0.001)
-    status, took = first.terminate()
+    with FirstProcess(gateway_env, tmp_path / "gw.log") as first:
+        deadline = time.monotonic() + 10
+        while not first.catches_sigterm():
+            assert time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
+            time.sleep(0.001)
+        status, took = first.terminate()
     assert status == 143, (tmp_path / "gw.log").read_text()
     assert took < 2
 
@@ -350,8 +358,8 @@ def test_sigterm_while_starting_as_pid_1_ends_it(gateway_env, tmp_path):
 async def test_sigterm_once_serving_as_pid_1_is_the_graceful_stop(gateway_env, tmp_path):
     """The early handler is only until the server's: once it serves, SIGTERM is the
     graceful shutdown, exit 0."""
-    first = FirstProcess(gateway_env, tmp_path / "gw.log")
-    await eventually(lambda: answers(first.url + "/healthz", 200), timeout=30)
-    status, took = first.terminate()
+    with FirstProcess(gateway_env, tmp_path / "gw.log") as first:
+        await eventually(lambda: answers(first.url + "/healthz", 200), timeout=30)
+        status, took = first.terminate()
     assert status == 0, (tmp_path / "gw.log").read_text()
     assert took < 12

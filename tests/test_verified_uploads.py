@@ -413,6 +413,38 @@ async def test_a_multipart_upload_is_offered_again_with_new_urls_for_the_parts_n
     assert (await downloaded(client, tenant, created["id"]))[1] == body
 
 
+async def test_an_upload_completed_in_storage_but_not_confirmed_offers_nothing_to_send(
+    multipart_client, make_tenant, seaweed_client
+):
+    """S3 no longer knows the multipart upload once it was completed there (a `complete`
+    whose confirmation then failed): no part is offered, for a PUT could only fail, and
+    `complete` confirms from the object."""
+    client = multipart_client
+    tenant = await make_tenant()
+    body = os.urandom(8 * MIB)
+    _, created = await create(client, tenant, len(body))
+    for part in created["upload"]["parts"]:
+        start = (part["number"] - 1) * 5 * MIB
+        assert (await put(part["url"], body[start : start + part["size"]], {}))[0] == 200
+    key = f"{tenant.workspace_id}/{created['id']}"
+    upload_id = URL(created["upload"]["parts"][0]["url"], encoded=True).query["uploadId"]
+
+    def complete_in_storage():
+        listed = seaweed_client.list_parts(Bucket=BUCKET, Key=key, UploadId=upload_id)
+        parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed["Parts"]]
+        seaweed_client.complete_multipart_upload(
+            Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+
+    await asyncio.to_thread(complete_in_storage)
+    response, raw = await renew(client, tenant, created["id"])
+    assert response.status == 200, raw
+    assert json.loads(raw)["upload"]["parts"] == []
+    response, raw = await complete(client, tenant, created["id"])
+    assert response.status == 200 and json.loads(raw)["status"] == "available", raw
+    assert (await downloaded(client, tenant, created["id"]))[1] == body
+
+
 async def test_a_single_put_is_offered_again_and_a_confirmed_upload_is_not(client, make_tenant):
     tenant = await make_tenant()
     body = b"sent with the second URL\n"

@@ -17,7 +17,7 @@ TERMINATED = 128 + signal.SIGTERM
 
 def main(argv: Sequence[str] | None = None) -> int:
     exit_on_sigterm_while_starting()
-    from .main import main as run_command
+    from .command_line import main as run_command
 
     return run_command(argv)
 

@@ -188,14 +188,15 @@ async def uploaded_parts(client: Any, bucket: str, key: str, upload_id: str) -> 
 async def parts_to_send(
     client: Any, bucket: str, key: str, upload_id: str, plan: Sequence[Part]
 ) -> list[Part]:
-    """The parts of `plan` that S3 does not hold at their planned size: all of them when it
-    no longer knows the upload (their PUTs then fail, and `complete` decides)."""
+    """The parts of `plan` that S3 does not hold at their planned size. None when it no
+    longer knows the upload: it was completed (or aborted), a part's PUT could only fail,
+    and `complete` decides by the object, as `complete_multipart` does."""
     try:
         held = await uploaded_parts(client, bucket, key, upload_id)
     except StorageUnavailable as exc:
         if str(exc) != NO_SUCH_UPLOAD:
             raise
-        held = {}
+        return []
     return [part for part in plan if int(held.get(part.number, {}).get("Size", -1)) != part.size]
 
 
