@@ -218,14 +218,18 @@ def _children(pid: int) -> list[int]:
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = dict(
-                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
-            )
+            fields = _status_fields(status)
         except OSError:
             continue
         if fields.get("PPid", "").strip() == str(pid):
             found.append(int(status.parent.name))
     return found
+
+
+def _status_fields(status: Path) -> dict[str, str]:
+    """/proc/<pid>/status as its fields."""
+    lines = status.read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -312,8 +316,7 @@ class FirstProcess:
             self.unshare.wait(10)
 
     def catches_sigterm(self) -> bool:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        caught = int(status.split("SigCgt:\t", 1)[1].split("\n", 1)[0], 16)
+        caught = int(_status_fields(Path(f"/proc/{self.pid}/status"))["SigCgt"], 16)
         return bool(caught & (1 << (signal.SIGTERM - 1)))
 
     def terminate(self) -> tuple[int, float]:
@@ -332,10 +335,10 @@ def eventually_python_child(pid: int) -> int:
     """The pid of the Python that `unshare --fork` (pid) runs, once it runs Python."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            child = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
-            if Path(f"/proc/{child}/exe").resolve() == Path(sys.executable).resolve():
-                return child
+        for child in _children(pid):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/exe").resolve() == Path(sys.executable).resolve():
+                    return child
         time.sleep(0.001)
     raise AssertionError("unshare did not start Python")
 

@@ -40,6 +40,12 @@ async def put(url, body, headers):
             return response.status, await response.read()
 
 
+async def put_part(part, body, part_size=5 * MIB):
+    """A part's own bytes of `body`, PUT to its URL: the status."""
+    start = (part["number"] - 1) * part_size
+    return (await put(part["url"], body[start : start + part["size"]], {}))[0]
+
+
 async def create(client, tenant, size, **fields):
     document = {"filename": "data.bin", "content_type": "application/octet-stream"}
     response, raw = await call(
@@ -313,8 +319,7 @@ async def test_confirming_bytes_that_do_not_match_reads_them_once(
         )
         tampered = body[: 5 * MIB] + bytes(MIB)
         for part in created["upload"]["parts"]:
-            offset = (part["number"] - 1) * 5 * MIB
-            assert (await put(part["url"], tampered[offset : offset + part["size"]], {}))[0] == 200
+            assert await put_part(part, tampered) == 200
         answers = await asyncio.gather(*(complete(client, tenant, created["id"]) for _ in range(3)))
         answers.append(await complete(client, tenant, created["id"]))
         for response, raw in answers:
@@ -424,8 +429,7 @@ async def test_an_upload_completed_in_storage_but_not_confirmed_offers_nothing_t
     body = os.urandom(8 * MIB)
     _, created = await create(client, tenant, len(body))
     for part in created["upload"]["parts"]:
-        start = (part["number"] - 1) * 5 * MIB
-        assert (await put(part["url"], body[start : start + part["size"]], {}))[0] == 200
+        assert await put_part(part, body) == 200
     key = f"{tenant.workspace_id}/{created['id']}"
     upload_id = URL(created["upload"]["parts"][0]["url"], encoded=True).query["uploadId"]
 
@@ -499,8 +503,7 @@ async def test_parts_already_sent_cost_no_token_when_offered_again(
     response, created = await create(client, tenant, len(body))  # three parts: 3 of 4
     parts = created["upload"]["parts"]
     for part in parts[:2]:
-        start = (part["number"] - 1) * 5 * MIB
-        assert (await put(part["url"], body[start : start + part["size"]], {}))[0] == 200
+        assert await put_part(part, body) == 200
     response, raw = await renew(client, tenant, created["id"])  # the last token: one part
     assert response.status == 200, raw
     assert [p["number"] for p in json.loads(raw)["upload"]["parts"]] == [3]

@@ -168,34 +168,41 @@ async def start_multipart(client: Any, bucket: str, key: str, content_type: str)
     return str(answer["UploadId"])
 
 
-async def uploaded_parts(client: Any, bucket: str, key: str, upload_id: str) -> dict[int, Any]:
+async def uploaded_parts(
+    client: Any, bucket: str, key: str, upload_id: str
+) -> dict[int, Any] | None:
     """The parts S3 holds, by number; a part sent twice counts once, as its last copy
-    (some S3s list both)."""
+    (some S3s list both). None when S3 no longer knows the upload: it was completed (or
+    aborted) before, and only the object can tell which."""
     parts: dict[int, Any] = {}
     marker = 0
-    async with storage_call("listing an upload's parts", HEAD_TIMEOUT_SECONDS, (NO_SUCH_UPLOAD,)):
-        while True:
-            page = await client.list_parts(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
-            )
-            for part in page.get("Parts", []):
-                parts[int(part["PartNumber"])] = part
-            if not page.get("IsTruncated"):
-                return parts
-            marker = int(page["NextPartNumberMarker"])
+    try:
+        async with storage_call(
+            "listing an upload's parts", HEAD_TIMEOUT_SECONDS, (NO_SUCH_UPLOAD,)
+        ):
+            while True:
+                page = await client.list_parts(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+                )
+                for part in page.get("Parts", []):
+                    parts[int(part["PartNumber"])] = part
+                if not page.get("IsTruncated"):
+                    return parts
+                marker = int(page["NextPartNumberMarker"])
+    except StorageUnavailable as exc:
+        if str(exc) != NO_SUCH_UPLOAD:
+            raise
+        return None
 
 
 async def parts_to_send(
     client: Any, bucket: str, key: str, upload_id: str, plan: Sequence[Part]
 ) -> list[Part]:
     """The parts of `plan` that S3 does not hold at their planned size. None when it no
-    longer knows the upload: it was completed (or aborted), a part's PUT could only fail,
-    and `complete` decides by the object, as `complete_multipart` does."""
-    try:
-        held = await uploaded_parts(client, bucket, key, upload_id)
-    except StorageUnavailable as exc:
-        if str(exc) != NO_SUCH_UPLOAD:
-            raise
+    longer knows the upload: a part's PUT could only fail, and `complete` decides by the
+    object, as `complete_multipart` does."""
+    held = await uploaded_parts(client, bucket, key, upload_id)
+    if held is None:
         return []
     return [part for part in plan if int(held.get(part.number, {}).get("Size", -1)) != part.size]
 
@@ -206,12 +213,9 @@ async def complete_multipart(
     """Complete the upload from what S3 itself lists (the client sends no ETags). False,
     and nothing done, while a part of the plan is missing or of another size. An upload S3
     no longer knows is True: it was completed (or aborted) before, and the object decides."""
-    try:
-        parts = await uploaded_parts(client, bucket, key, upload_id)
-    except StorageUnavailable as exc:
-        if str(exc) == NO_SUCH_UPLOAD:
-            return True
-        raise
+    parts = await uploaded_parts(client, bucket, key, upload_id)
+    if parts is None:
+        return True
     if [(n, int(parts[n]["Size"])) for n in sorted(parts)] != [tuple(p) for p in plan]:
         return False
     listed = [{"PartNumber": p.number, "ETag": parts[p.number]["ETag"]} for p in plan]
